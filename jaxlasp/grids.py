@@ -1,0 +1,143 @@
+"""Wavelength grids: linear model grids and logarithmic observed grids.
+
+Grids are small frozen dataclasses of Python numbers, so they are hashable and serve as static
+(compile-time) metadata of the pytrees that carry arrays sampled on them. Wavelengths are in Å
+(air); logarithmic grids are uniform in natural-log wavelength.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+C_KMS = 299792.458
+"""Speed of light [km/s]."""
+
+LAMOST_LOG10_STEP = 1e-4
+"""LAMOST low-resolution pixel step in log10 λ."""
+
+LAMOST_LN_STEP = LAMOST_LOG10_STEP * math.log(10.0)
+"""LAMOST pixel step in ln λ (Δ of ALGORITHM §0)."""
+
+
+@dataclass(frozen=True)
+class LinearGrid:
+    """Pixels uniform in wavelength: centre of pixel j is ``start + j*step`` [Å]."""
+
+    start: float
+    step: float
+    n: int
+
+    @property
+    def centres(self) -> np.ndarray:
+        """Pixel centres [Å], shape (n,)."""
+        return self.start + self.step * np.arange(self.n, dtype=np.float64)
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Pixel edges [Å], shape (n+1,)."""
+        return self.start + self.step * (np.arange(self.n + 1, dtype=np.float64) - 0.5)
+
+    @property
+    def widths(self) -> np.ndarray:
+        """Pixel widths [Å], shape (n,)."""
+        return np.full(self.n, float(self.step))
+
+    def sub(self, first: int, n: int) -> "LinearGrid":
+        """The grid of pixels ``first .. first+n-1``."""
+        return LinearGrid(self.start + first * self.step, self.step, n)
+
+
+@dataclass(frozen=True)
+class LogGrid:
+    """Pixels uniform in ln λ: centre of pixel i is ``exp(ln_start + i*step)`` [Å]."""
+
+    ln_start: float
+    step: float
+    n: int
+
+    @property
+    def ln_centres(self) -> np.ndarray:
+        """ln of the pixel centres [ln Å], shape (n,)."""
+        return self.ln_start + self.step * np.arange(self.n, dtype=np.float64)
+
+    @property
+    def centres(self) -> np.ndarray:
+        """Pixel centres [Å], shape (n,)."""
+        return np.exp(self.ln_centres)
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Pixel edges exp(ln_start + (i − ½)·step) [Å], shape (n+1,)."""
+        return np.exp(self.ln_start + self.step * (np.arange(self.n + 1, dtype=np.float64) - 0.5))
+
+    @property
+    def widths(self) -> np.ndarray:
+        """Differential pixel widths λ_i·Δlnλ [Å], shape (n,).
+
+        This is PyLASP's ``flat`` times the model step (ALGORITHM §d.1); it equals the true edge
+        difference to relative accuracy step²/24.
+        """
+        return self.centres * self.step
+
+    @property
+    def velscale(self) -> float:
+        """Velocity width of one pixel, c·Δlnλ [km/s]."""
+        return C_KMS * self.step
+
+    def sub(self, first: int, n: int) -> "LogGrid":
+        """The grid of pixels ``first .. first+n-1``."""
+        return LogGrid(self.ln_start + first * self.step, self.step, n)
+
+
+def window_pixels(grid: LogGrid, lo: float, hi: float) -> tuple[int, int]:
+    """Pixel range ``(first, last)`` (inclusive) that covers the window [lo, hi] Å.
+
+    PyLASP's rule (ALGORITHM §c.5): first = ⌊(ln lo − ln λ0)/Δ + 0.01⌋, last = ⌈(ln hi − ln λ0)/Δ −
+    0.01⌉, so the pixels straddling both window ends are kept. ``last`` is capped at n − 1.
+    """
+    first = math.floor((math.log(lo) - grid.ln_start) / grid.step + 0.01)
+    last = math.ceil((math.log(hi) - grid.ln_start) / grid.step - 0.01)
+    return max(first, 0), min(last, grid.n - 1)
+
+
+def log_grid_inside(model: LinearGrid, ln_step: float, lo: float, hi: float) -> LogGrid:
+    """The ln-λ grid PyLASP fits on: inside both the model's coverage and [lo, hi] Å.
+
+    ALGORITHM §d.2 (``uly_spect_logrebin`` on a linear input): the grid starts at ln lo, moved up by
+    whole steps until its first pixel lies half a step inside the model's first edge, and ends at
+    min(ln hi, ln(last model edge) − ½ step), its length rounded to the nearest integer.
+    """
+    edges = model.edges
+    first = math.log(edges[0]) + 0.5 * ln_step
+    last = math.log(edges[-1]) - 0.5 * ln_step
+    start = math.log(lo)
+    nshift = math.ceil(max(0.0, first - start) / ln_step - 1e-7)
+    start = start + ln_step * nshift
+    end = min(math.log(hi), last)
+    n = int(round((end - start) / ln_step + 1))
+    if n < 1:
+        raise ValueError(
+            f"the window {lo:.2f}–{hi:.2f} Å does not overlap the model's coverage "
+            f"{edges[0]:.2f}–{edges[-1]:.2f} Å"
+        )
+    return LogGrid(start, ln_step, n)
+
+
+LAMOST_AIR_GRID = LogGrid(3.5682 * math.log(10.0) - 0.00028, LAMOST_LN_STEP, 3909)
+"""The LAMOST DR9/DR10 low-resolution pixel grid in air (header wavelengths shifted by PyLASP's
+constant vacuum→air term, ALGORITHM §c.4)."""
+
+
+def lamost_fit_grid(model: LinearGrid, window: tuple[float, float] = (4200.0, 5700.0)) -> LogGrid:
+    """The LAMOST pixels PyLASP fits for a model on ``model`` and a window [Å] (§c.5, §c.8).
+
+    For the ELODIE 3.2 4199.2–5700.2 Å model and the default window these are LAMOST pixels
+    552..1878 (1327 pixels, λ 4200.28–5700.05 Å).
+    """
+    first, last = window_pixels(LAMOST_AIR_GRID, *window)
+    centres = LAMOST_AIR_GRID.centres
+    inside = log_grid_inside(model, LAMOST_LN_STEP, centres[first], centres[last])
+    k0 = round((inside.ln_start - LAMOST_AIR_GRID.ln_start) / LAMOST_LN_STEP)
+    return LAMOST_AIR_GRID.sub(k0, inside.n)

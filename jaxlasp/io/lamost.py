@@ -1,0 +1,220 @@
+"""Read LAMOST low-resolution spectra (ALGORITHM §c) into host-side numpy arrays.
+
+Public DR9/DR10 layout: HDU0 is a header holding the wavelength solution (CRVAL1 = log10 Å of pixel
+CRPIX1, CD1_1 or CDELT1 = log10 step, DC-FLAG = 1, VACUUM); HDU1 'COADD' is a one-row table with the
+columns FLUX, IVAR and ANDMASK (plus others that are not used). The internal layout (PyLASP's
+``public=False``) instead stores an image in HDU0 whose rows are flux, ivar, (unused), andmask.
+
+Flags (bit values of ``LamostSpectrum.flags``, computed on the spectrum's own pixels):
+
+* ``NONFINITE_FLUX`` = 1: some flux value was NaN or ±inf and has been replaced (§c.6).
+* ``NONPOSITIVE_FLUX`` = 2: some finite flux value is ≤ 0.
+* ``FEW_GOOD_PIXELS`` = 4: at most 3 finite flux values; PyLASP refuses to fit such a spectrum.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jaxlasp.grids import LinearGrid, LogGrid, log_grid_inside, window_pixels
+from jaxlasp.io._fits import read_hdus
+
+NONFINITE_FLUX = 1
+"""Flag: some flux value was not finite and has been replaced."""
+NONPOSITIVE_FLUX = 2
+"""Flag: some finite flux value is ≤ 0."""
+FEW_GOOD_PIXELS = 4
+"""Flag: at most 3 finite flux values (PyLASP raises an error for these)."""
+
+VACUUM_LN_SHIFT = 0.00028
+"""PyLASP's vacuum → air conversion: ln λ_air = ln λ_vac − 0.00028 (one refractive index, §c.4)."""
+DEFAULT_WINDOW = (4200.0, 5700.0)
+"""Wavelength window [Å] PyLASP truncates LAMOST spectra to (§c.5)."""
+
+
+class SpectrumFileError(ValueError):
+    """A file that cannot be read as a LAMOST spectrum for fitting."""
+
+
+@dataclass(frozen=True, eq=False)
+class LamostSpectrum:
+    """One LAMOST spectrum on a ln-λ grid (host-side numpy arrays, all of length ``grid.n``).
+
+    id: file stem (LAMOST obsid for the public files, e.g. '3706009').
+    grid: the pixels' air-wavelength grid (uniform in ln λ [ln Å]).
+    flux: raw FLUX, float32, not normalised; non-finite values replaced (§c.6).
+    ivar: inverse variance, float32, with the same replacement.
+    andmask: LAMOST AND-mask bits, int32.
+    median: max(nanmedian(FLUX over all pixels of the file), 1), the normaliser of §c.3.
+    finite: bool, True where the flux was originally finite.
+    flags: bitwise OR of the module's flag constants.
+    """
+
+    id: str
+    grid: LogGrid
+    flux: np.ndarray
+    ivar: np.ndarray
+    andmask: np.ndarray
+    median: float
+    finite: np.ndarray
+    flags: int
+
+    def normalised_flux(self) -> np.ndarray:
+        """flux / median, divided in float32 as PyLASP does, returned as float64."""
+        return (self.flux / np.float32(self.median)).astype(np.float64)
+
+    def sub(self, first: int, n: int) -> "LamostSpectrum":
+        """The spectrum of pixels ``first .. first+n-1`` (flags recomputed on them)."""
+        part = slice(first, first + n)
+        return _spectrum(self.id, self.grid.sub(first, n), self.flux[part], self.ivar[part],
+                         self.andmask[part], self.median, self.finite[part])
+
+
+def read_lamost(path, window: tuple[float, float] = DEFAULT_WINDOW) -> LamostSpectrum:
+    """Read a LAMOST low-resolution FITS file and truncate it to ``window`` [Å] (§c.1–§c.6).
+
+    The wavelength solution comes from the header (air wavelengths, §c.4). The median normaliser
+    is taken over the whole file before truncation. Non-finite flux and ivar values are replaced
+    by ``fill_nonfinite``. Raises SpectrumFileError (naming the file) for an unreadable file, a
+    missing flux table/column or wavelength header, a spectrum not covering the window, or a
+    window without any finite flux.
+    """
+    hdus = read_hdus(path, SpectrumFileError)
+    flux, ivar, andmask = _read_arrays(hdus, path)
+    grid = _log_grid(hdus[0].header, flux.size, path)
+    _check_covers(grid, window, path)
+    first, last = window_pixels(grid, *window)
+    part = slice(first, last + 1)
+    finite = np.isfinite(flux[part])
+    if not finite.any():
+        raise SpectrumFileError(f"{path}: no finite flux value in the window {window} Å")
+    median = max(float(np.nanmedian(flux)), 1.0)
+    return _spectrum(file_stem(path), grid.sub(first, last - first + 1),
+                     fill_nonfinite(flux[part]), fill_nonfinite(ivar[part]), andmask[part], median,
+                     finite)
+
+
+def cut_to_grid(spectrum: LamostSpectrum, grid: LogGrid) -> LamostSpectrum:
+    """The pixels of ``spectrum`` that coincide with ``grid``, which must be a sub-grid of its own.
+
+    Raises ValueError if the two grids' steps differ, if ``grid`` starts a non-whole number of
+    pixels (beyond 1e-6) into the spectrum, or if it does not lie fully inside it. The result's
+    grid is built from the spectrum's own start, so it is exact.
+    """
+    own = spectrum.grid
+    if not math.isclose(grid.step, own.step, rel_tol=1e-10):
+        raise ValueError(f"the grids are not commensurate: ln-λ steps {grid.step!r} and "
+                         f"{own.step!r} differ")
+    offset = (grid.ln_start - own.ln_start) / own.step
+    k0 = round(offset)
+    if abs(offset - k0) >= 1e-6:
+        raise ValueError(f"the grids are not commensurate: the grid starts {offset:.6f} pixels "
+                         "into the spectrum, not a whole number")
+    if k0 < 0 or k0 + grid.n > own.n:
+        raise ValueError(
+            f"the grid (pixels {k0}..{k0 + grid.n - 1} of the spectrum, "
+            f"{grid.centres[0]:.3f}–{grid.centres[-1]:.3f} Å) is not inside spectrum "
+            f"{spectrum.id} (pixels 0..{own.n - 1}, {own.centres[0]:.3f}–{own.centres[-1]:.3f} Å)"
+        )
+    return spectrum.sub(k0, grid.n)
+
+
+def fit_grid(spectrum: LamostSpectrum, model_grid: LinearGrid) -> LogGrid:
+    """The ln-λ grid PyLASP fits on: the spectrum's pixels inside the model's coverage (§c.8, §d.2).
+
+    For the sample (window 4200–5700 Å, ELODIE 4199.1–5700.3 Å) these are LAMOST pixels 552..1878.
+    """
+    centres = spectrum.grid.centres
+    return log_grid_inside(model_grid, spectrum.grid.step, centres[0], centres[-1])
+
+
+def fill_nonfinite(values: np.ndarray) -> np.ndarray:
+    """A copy with non-finite values replaced as PyLASP does (§c.6).
+
+    Each non-finite value takes its next pixel's value (the last pixel its own); values still
+    non-finite then take their previous pixel's value (the first pixel its own); anything left
+    becomes 0. Each step reads the values as they were before that step.
+    """
+    out = np.array(values, copy=True)
+    for shift in (1, -1):
+        bad = np.flatnonzero(~np.isfinite(out))
+        out[bad] = out[np.clip(bad + shift, 0, out.size - 1)]
+    out[~np.isfinite(out)] = 0
+    return out
+
+
+def _spectrum(id_, grid, flux, ivar, andmask, median, finite) -> LamostSpectrum:
+    """Assemble a LamostSpectrum, computing its flags."""
+    flags = ((NONFINITE_FLUX if not finite.all() else 0)
+             | (NONPOSITIVE_FLUX if np.any(flux[finite] <= 0) else 0)
+             | (FEW_GOOD_PIXELS if np.count_nonzero(finite) <= 3 else 0))
+    return LamostSpectrum(id_, grid, flux, ivar, andmask, median, finite, flags)
+
+
+def _read_arrays(hdus, path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flux float32, ivar float32, andmask int32) of the whole file, public or internal layout.
+
+    A missing IVAR column gives ivar ≡ 1 (PyLASP's err ≡ 1) and a missing ANDMASK gives 0.
+    """
+    table = next((h.data for h in hdus if h.name == "COADD" and isinstance(h.data, dict)), None)
+    image = hdus[0].data
+    if table is not None:
+        if "FLUX" not in table:
+            raise SpectrumFileError(f"{path}: the COADD table has no FLUX column "
+                                    f"(columns: {sorted(table)})")
+        rows = {k: np.atleast_2d(v)[0] for k, v in table.items()}
+        flux = rows["FLUX"]
+        ivar, andmask = rows.get("IVAR"), rows.get("ANDMASK")
+    elif isinstance(image, np.ndarray) and image.ndim == 2 and image.shape[0] >= 2:
+        flux, ivar = image[0], image[1]
+        andmask = image[3] if image.shape[0] > 3 else None
+    else:
+        raise SpectrumFileError(
+            f"{path}: no 'COADD' table with a FLUX column (public layout) and no flux image in "
+            f"HDU0 (internal layout); HDUs found: {[h.name for h in hdus]}"
+        )
+    ivar = np.ones_like(flux) if ivar is None else ivar
+    andmask = np.zeros(flux.shape) if andmask is None else andmask
+    return (flux.astype(np.float32), ivar.astype(np.float32),
+            np.nan_to_num(andmask).astype(np.int32))
+
+
+def _log_grid(header: dict, n: int, path) -> LogGrid:
+    """The air ln-λ grid of the file's n pixels from its header (§c.4)."""
+    start, step = header.get("CRVAL1"), header.get("CD1_1", header.get("CDELT1"))
+    if not isinstance(start, (int, float)) or not isinstance(step, (int, float)) or step <= 0:
+        raise SpectrumFileError(
+            f"{path}: wavelength header missing: needs numeric CRVAL1 and a positive CD1_1 or "
+            f"CDELT1 in HDU0 (found CRVAL1={start!r}, step={step!r})"
+        )
+    dc_flag = header.get("DC-FLAG")
+    if dc_flag != 1:
+        raise SpectrumFileError(f"{path}: DC-FLAG is {dc_flag!r}; only spectra sampled "
+                                "uniformly in log λ (DC-FLAG = 1) are supported")
+    start = start - (header.get("CRPIX1", 1) - 1) * step
+    ln10 = math.log(10.0) if start <= 5 else 1.0  # start ≤ 5: log10 Å, otherwise already ln Å
+    ln_start = start * ln10 - (VACUUM_LN_SHIFT if header.get("VACUUM", False) else 0.0)
+    return LogGrid(ln_start, step * ln10, n)
+
+
+def _check_covers(grid: LogGrid, window: tuple[float, float], path) -> None:
+    """The window must lie inside the spectrum (to PyLASP's 0.01-pixel tolerance of §c.5)."""
+    lo, hi = window
+    tol = 0.01 * grid.step
+    if not (math.log(lo) >= grid.ln_start - tol
+            and math.log(hi) <= grid.ln_centres[-1] + tol and lo < hi):
+        centres = grid.centres
+        raise SpectrumFileError(
+            f"{path}: the spectrum covers {centres[0]:.1f}–{centres[-1]:.1f} Å, which does not "
+            f"include the window {lo}–{hi} Å"
+        )
+
+
+def file_stem(path) -> str:
+    """The file name without .gz and .fits/.fit endings."""
+    name = Path(path).name
+    name = name[:-3] if name.lower().endswith(".gz") else name
+    return name.rsplit(".", 1)[0] if name.lower().endswith((".fits", ".fit")) else name

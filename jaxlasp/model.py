@@ -1,0 +1,166 @@
+"""The forward model: parameters → model spectrum on an observed grid → residuals.
+
+Composition (ALGORITHM §h.4): emulator (§a) → flux-conserving resampling (§d) → Gaussian
+broadening with (mu, sigma) (§e) → multiplicative Legendre polynomial fitted by weighted least
+squares (§f). Functions here act on one spectrum and are pure, jit-able and differentiable; the
+``batch_*`` versions are their ``vmap`` over spectra that share one observed grid.
+
+Parameter vector θ (as LASP-CurveFit): [mu (pixels), sigma (pixels), ln Teff (ln K), log g (dex),
+[Fe/H] (dex)].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlasp.emulators.tgm import TGMEmulator, tgm_flux
+from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LinearGrid, LogGrid
+from jaxlasp.spectral.broaden import broaden, kernel_fits
+from jaxlasp.spectral.continuum import DEGREE, fit_multiplicative_polynomial, legendre_basis
+from jaxlasp.spectral.resample import resample
+
+MU, SIGMA, LN_TEFF, LOGG, FEH = range(5)
+"""Indices into the parameter vector θ."""
+PARAM_NAMES = ("mu", "sigma", "ln_teff", "logg", "feh")
+DEFAULT_HALFWIDTH = 40
+"""Static kernel half-width [pixels]: holds |mu| ≤ 15 and σ ≤ 5 (LASP-Adam's box)."""
+
+
+@dataclass(frozen=True)
+class ForwardModel:
+    """Everything needed to evaluate model spectra on one observed grid (a pytree).
+
+    emulator: coefficients on the model's own grid, or already resampled onto ``grid``.
+    basis: (n, degree+1) Legendre polynomials at PyLASP's nodes.
+    grid: the observed ln-λ grid (static).
+    halfwidth: static kernel half-width [pixels].
+    edges: resampling edge convention ("extrapolate" or "clip"), used when the emulator is still
+        on its own grid.
+    """
+
+    emulator: TGMEmulator
+    basis: jax.Array
+    grid: LogGrid
+    halfwidth: int = DEFAULT_HALFWIDTH
+    edges: str = "extrapolate"
+
+
+jax.tree_util.register_dataclass(
+    ForwardModel, data_fields=["emulator", "basis"], meta_fields=["grid", "halfwidth", "edges"]
+)
+
+
+class Components(NamedTuple):
+    """Intermediate arrays of one model evaluation (all on the observed grid, shape (n,))."""
+
+    resampled: jax.Array   # emulator flux resampled onto the observed grid
+    convolved: jax.Array   # after broadening with (mu, sigma)
+    coefs: jax.Array       # (degree+1,) Legendre coefficients of the multiplicative polynomial
+    polynomial: jax.Array  # Σ_k coefs_k P_k(x_i)
+    model: jax.Array       # convolved · polynomial
+    residuals: jax.Array   # √weight·(flux − model), zero on excluded pixels
+
+
+def _resample_to(emulator: TGMEmulator, values, grid: LogGrid, edges: str):
+    """Resample ``values`` (..., n_model) from the emulator's grid onto ``grid``."""
+    return resample(values, emulator.grid.edges, grid.edges, grid.widths, edges)
+
+
+def fold_resampling(emulator: TGMEmulator, grid: LogGrid, edges: str = "extrapolate") -> TGMEmulator:
+    """Resample every coefficient plane onto ``grid`` once (ALGORITHM §k).
+
+    The emulator is linear in its coefficients and the resampling is linear, so evaluating the
+    returned emulator equals resampling each model spectrum, up to round-off.
+    """
+    coef = jax.jit(_resample_to, static_argnums=(2, 3))(emulator, emulator.coef, grid, edges)
+    return emulator.replace_coef(coef, grid)
+
+
+def build_forward_model(emulator: TGMEmulator, grid: LogGrid, *, edges: str = "extrapolate",
+                        fold: bool = True, degree: int = DEGREE,
+                        halfwidth: int = DEFAULT_HALFWIDTH) -> ForwardModel:
+    """Set up the forward model for observed grid ``grid``.
+
+    fold: resample the coefficient planes once now (fast); otherwise resample every model.
+    """
+    if not isinstance(emulator.grid, LinearGrid):
+        raise ValueError("the emulator must be on its own linear grid (as read from its file)")
+    edges_model = emulator.grid.edges
+    if grid.edges[0] >= edges_model[-1] or grid.edges[-1] <= edges_model[0]:
+        raise ValueError(
+            f"observed grid {grid.edges[0]:.2f}–{grid.edges[-1]:.2f} Å does not overlap the model "
+            f"{edges_model[0]:.2f}–{edges_model[-1]:.2f} Å")
+    if fold:
+        emulator = fold_resampling(emulator, grid, edges)
+    basis = jnp.asarray(legendre_basis(grid.n, degree), emulator.coef.dtype)
+    return ForwardModel(emulator, basis, grid, halfwidth, edges)
+
+
+def emulate(fm: ForwardModel, teff, logg, feh):
+    """Emulator flux resampled onto the observed grid; shape (n,)."""
+    flux = tgm_flux(fm.emulator, teff, logg, feh)
+    if fm.emulator.grid == fm.grid:
+        return flux
+    return _resample_to(fm.emulator, flux, fm.grid, fm.edges)
+
+
+def components(fm: ForwardModel, theta, flux, weights) -> Components:
+    """All intermediate arrays of the model for one spectrum.
+
+    theta: (5,) [mu, sigma, ln Teff, log g, [Fe/H]]; flux: (n,) observed flux;
+    weights: (n,) 1/err² times the good-pixel mask (0 = pixel not used).
+    """
+    resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
+    convolved = broaden(resampled, theta[MU], theta[SIGMA], fm.halfwidth)
+    coefs, polynomial = fit_multiplicative_polynomial(convolved, flux, weights, fm.basis)
+    model = convolved * polynomial
+    resid = jnp.sqrt(weights) * (flux - model)
+    return Components(resampled, convolved, coefs, polynomial, model, resid)
+
+
+def residuals(fm: ForwardModel, theta, flux, weights):
+    """Weighted residuals √weight·(flux − model) for one spectrum; shape (n,), 0 where weight = 0."""
+    return components(fm, theta, flux, weights).residuals
+
+
+def loss(fm: ForwardModel, theta, flux, weights):
+    """RMS of the residuals over the used pixels (PyLASP's CurveFit ``loss``)."""
+    r = residuals(fm, theta, flux, weights)
+    return jnp.sqrt(jnp.sum(r * r) / jnp.sum(weights > 0))
+
+
+def model_flags(fm: ForwardModel, theta, comps: Components, weights):
+    """Boolean problems of one evaluation: (outside domain, kernel too wide, polynomial ≤ 0, non-finite)."""
+    teff = jnp.exp(theta[LN_TEFF])
+    used = weights > 0
+    return (
+        ~fm.emulator.domain.contains(teff, theta[LOGG], theta[FEH]),
+        ~kernel_fits(theta[MU], theta[SIGMA], fm.halfwidth),
+        jnp.any(used & (comps.polynomial <= 0)),
+        ~jnp.all(jnp.isfinite(comps.residuals)),
+    )
+
+
+batch_residuals = jax.vmap(residuals, in_axes=(None, 0, 0, 0))
+"""``residuals`` over a batch: theta (b, 5), flux and weights (b, n) → (b, n)."""
+batch_components = jax.vmap(components, in_axes=(None, 0, 0, 0))
+"""``components`` over a batch."""
+
+
+def theta_from_physical(teff, logg, feh, rv=0.0, sigma_px=1.0, step: float = LAMOST_LN_STEP):
+    """θ from Teff [K], log g, [Fe/H], RV [km/s] and σ [pixels]; shape (..., 5).
+
+    mu = ln(1 + RV/c)/Δlnλ, so RV = c·expm1(Δlnλ·mu) inverts it exactly.
+    """
+    mu = np.log1p(np.asarray(rv, np.float64) / C_KMS) / step
+    parts = (mu, sigma_px, np.log(teff), logg, feh)
+    return np.stack(np.broadcast_arrays(*(np.asarray(v, np.float64) for v in parts)), axis=-1)
+
+
+def rv_from_mu(mu, step: float):
+    """Radial velocity [km/s] from the kernel mean ``mu`` [pixels of Δlnλ = ``step``]."""
+    return C_KMS * jnp.expm1(step * mu)

@@ -1,0 +1,1 @@
+"""Spectral operations: resampling, broadening, multiplicative continuum."""

@@ -1,0 +1,129 @@
+"""Property tests of the spectral kernels against straightforward numpy/scipy references."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import jaxlasp  # noqa: F401
+from jaxlasp.spectral.broaden import broaden, gaussian_kernel, kernel_fits
+from jaxlasp.spectral.continuum import fit_multiplicative_polynomial, legendre_basis
+from jaxlasp.spectral.resample import resample
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+def random_edges(rng, n, lo=4000.0, hi=6000.0):
+    """n+1 strictly increasing random bin edges spanning [lo, hi]."""
+    widths = rng.uniform(0.2, 1.0, n)
+    return lo + (hi - lo) * np.concatenate([[0.0], np.cumsum(widths)]) / widths.sum()
+
+
+def overlap_reference(flux, in_edges, out_edges):
+    """Mean flux density in each output bin from explicit bin-overlap integrals (SpectRes-style)."""
+    out = np.empty(len(out_edges) - 1)
+    for i in range(len(out)):
+        lo, hi = out_edges[i], out_edges[i + 1]
+        overlap = np.clip(np.minimum(in_edges[1:], hi) - np.maximum(in_edges[:-1], lo), 0, None)
+        out[i] = np.sum(overlap * flux) / (hi - lo)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, n_in=st.integers(5, 200), n_out=st.integers(2, 80))
+def test_resample_matches_overlap_integral(seed, n_in, n_out):
+    rng = np.random.default_rng(seed)
+    in_edges = random_edges(rng, n_in)
+    inner = np.sort(rng.uniform(in_edges[0], in_edges[-1], n_out + 1))
+    flux = rng.uniform(0.1, 2.0, n_in)
+    for mode in ("extrapolate", "clip"):
+        ours = np.asarray(resample(flux, in_edges, inner, np.diff(inner), edges=mode))
+        np.testing.assert_allclose(ours, overlap_reference(flux, in_edges, inner), rtol=1e-10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, n_in=st.integers(5, 200), n_out=st.integers(2, 80))
+def test_resample_conserves_flux(seed, n_in, n_out):
+    rng = np.random.default_rng(seed)
+    in_edges = random_edges(rng, n_in)
+    flux = rng.uniform(0.0, 3.0, n_in)
+    out_edges = random_edges(rng, n_out, in_edges[0], in_edges[-1])
+    ours = np.asarray(resample(flux, in_edges, out_edges, np.diff(out_edges)))
+    total_in = np.sum(flux * np.diff(in_edges))
+    assert np.sum(ours * np.diff(out_edges)) == np.float64(total_in) or np.isclose(
+        np.sum(ours * np.diff(out_edges)), total_in, rtol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, overhang=st.floats(0.05, 0.9))
+def test_resample_edge_conventions(seed, overhang):
+    """Beyond the coverage, "extrapolate" continues the edge density, "clip" adds nothing."""
+    rng = np.random.default_rng(seed)
+    in_edges = random_edges(rng, 30)
+    flux = rng.uniform(0.5, 2.0, 30)
+    last = in_edges[-1] - in_edges[-2]
+    out_edges = np.array([in_edges[-2], in_edges[-1] + overhang * last])
+    width = np.diff(out_edges)
+    extrapolated = float(resample(flux, in_edges, out_edges, width, edges="extrapolate")[0])
+    clipped = float(resample(flux, in_edges, out_edges, width, edges="clip")[0])
+    assert np.isclose(extrapolated, flux[-1], rtol=1e-12)
+    assert np.isclose(clipped, flux[-1] / (1 + overhang), rtol=1e-12)
+
+
+def kernel_reference(mu, sigma, half):
+    """Truncated, normalised Gaussian on nodes −half..half (ascending), in numpy."""
+    s = max(sigma, 0.1)
+    x = np.arange(-half, half + 1)
+    w = (x - mu) / s
+    k = np.where(np.abs(w) <= 5, np.exp(-0.5 * w**2), 0.0)
+    return k / k.sum()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=seeds, n=st.integers(20, 300), mu=st.floats(-10, 10), sigma=st.floats(0.01, 4.0))
+def test_broaden_matches_numpy_convolve(seed, n, mu, sigma):
+    half = 32
+    flux = np.random.default_rng(seed).uniform(0.2, 1.5, n)
+    ours = np.asarray(broaden(flux, mu, sigma, half))
+    padded = np.pad(flux, half, mode="edge")
+    ref = np.convolve(padded, kernel_reference(mu, sigma, half), mode="valid")
+    np.testing.assert_allclose(ours, ref, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(gaussian_kernel(mu, sigma, half))[::-1],
+                               kernel_reference(mu, sigma, half), rtol=1e-12, atol=1e-300)
+    assert bool(kernel_fits(mu, sigma, half))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, n=st.integers(120, 1400), degree=st.integers(0, 50),
+       masked=st.floats(0.0, 0.5))
+def test_legendre_solve_matches_lstsq(seed, n, degree, masked):
+    rng = np.random.default_rng(seed)
+    basis = legendre_basis(n, degree)
+    model = rng.uniform(0.3, 1.5, n)
+    flux = model * (1 + 0.1 * np.sin(np.linspace(0, 5, n))) + rng.normal(0, 0.02, n)
+    weights = rng.uniform(0.5, 2.0, n) * (rng.uniform(size=n) >= masked)
+    sw = np.sqrt(weights)
+    design = sw[:, None] * model[:, None] * basis
+    # Heavy random masking with a high degree can make the problem itself ill-posed; the
+    # reference is only meaningful to 1e-10 where cond·eps is well below that.
+    assume(np.linalg.cond(design) < 1e5)
+    coefs, poly = fit_multiplicative_polynomial(model, flux, weights, basis)
+    ref, *_ = scipy.linalg.lstsq(design, sw * flux)
+    np.testing.assert_allclose(np.asarray(coefs), ref, rtol=0, atol=1e-10 * np.max(np.abs(ref)))
+    np.testing.assert_allclose(np.asarray(poly), basis @ ref, rtol=1e-10)
+
+
+def test_legendre_basis_matches_scipy():
+    from scipy.special import eval_legendre
+
+    basis = legendre_basis(1327)
+    x = 2 * np.arange(1327) / 1327 - 1
+    ref = np.stack([eval_legendre(k, x) for k in range(51)], axis=1)
+    np.testing.assert_allclose(basis, ref, rtol=1e-12, atol=1e-13)
+
+
+def test_legendre_fully_masked_is_not_finite():
+    basis = legendre_basis(200, 10)
+    coefs, _ = fit_multiplicative_polynomial(np.ones(200), np.ones(200), np.zeros(200), basis)
+    assert not np.all(np.isfinite(np.asarray(coefs)))
