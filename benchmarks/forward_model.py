@@ -85,8 +85,8 @@ def main():
     print(f"{'batch':>6} {'res compile s':>14} {'res ms/spec':>12} {'jac compile s':>14} {'jac ms/spec':>12}")
     for b in args.sizes:
         flux = jnp.asarray(np.resize(flux25, (b, GRID.n)), dtype)
-        w = jnp.asarray(np.broadcast_to(weights, (b, GRID.n)), dtype)
-        thetas = jnp.asarray(np.broadcast_to(theta0, (b, 5)), dtype)
+        w = jnp.asarray(np.tile(weights, (b, 1)), dtype)
+        thetas = jnp.asarray(np.tile(theta0, (b, 1)), dtype)
         rc, rt = timed(res, fm, thetas, flux, w, repeats=args.repeats)
         jc, jt = timed(jac, fm, thetas, flux, w, repeats=args.repeats)
         print(f"{b:>6} {rc:>14.2f} {1e3 * rt / b:>12.3f} {jc:>14.2f} {1e3 * jt / b:>12.3f}", flush=True)

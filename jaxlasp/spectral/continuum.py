@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
+from jax import lax
 
 DEGREE = 50
 """PyLASP's multiplicative polynomial degree."""
@@ -26,6 +26,43 @@ def legendre_basis(n: int, degree: int = DEGREE) -> np.ndarray:
     return basis
 
 
+def cholesky_lower(a):
+    """Lower Cholesky factor of a small symmetric positive-definite matrix (n, n).
+
+    Written with ``lax.fori_loop`` rather than LAPACK: under ``vmap`` on a CPU, jaxlib's batched
+    LAPACK kernels can deadlock in its thread pool (seen with jaxlib 0.10 on 2 cores), and the
+    loop vectorises over a batch on any device. Not positive definite → NaN.
+    """
+    a = jnp.asarray(a)
+    n = a.shape[-1]
+    index = jnp.arange(n)
+
+    def column(j, low):
+        row = jnp.where(index < j, low[j], 0.0)
+        diag = jnp.sqrt(a[j, j] - row @ row)
+        col = jnp.where(index > j, (a[:, j] - low @ row) / diag, 0.0)
+        return low.at[:, j].set(col.at[j].set(diag))
+
+    return lax.fori_loop(0, n, column, jnp.zeros_like(a))
+
+
+def cholesky_solve(low, b):
+    """Solve (L Lᵀ) x = b for x, with L from ``cholesky_lower``; b of shape (n,)."""
+    low, b = jnp.asarray(low), jnp.asarray(b)
+    n = b.shape[-1]
+    index = jnp.arange(n)
+
+    def forward(j, y):
+        return y.at[j].set((b[j] - jnp.where(index < j, low[j], 0.0) @ y) / low[j, j])
+
+    def backward(k, x):
+        j = n - 1 - k
+        return x.at[j].set((y[j] - jnp.where(index > j, low[:, j], 0.0) @ x) / low[j, j])
+
+    y = lax.fori_loop(0, n, forward, jnp.zeros_like(b))
+    return lax.fori_loop(0, n, backward, jnp.zeros_like(b))
+
+
 def fit_multiplicative_polynomial(model, flux, weights, basis):
     """Coefficients a minimising Σ_i weights_i·(flux_i − model_i·Σ_k a_k P_k(x_i))².
 
@@ -44,8 +81,8 @@ def fit_multiplicative_polynomial(model, flux, weights, basis):
     rhs = weighted.T @ flux
     scale = jnp.sqrt(jnp.diagonal(normal))
     corr = normal / scale[:, None] / scale[None, :]
-    factor = jsl.cho_factor(corr, lower=True)
-    coefs = jsl.cho_solve(factor, rhs / scale) / scale
+    low = cholesky_lower(corr)
+    coefs = cholesky_solve(low, rhs / scale) / scale
     correction = weighted.T @ (flux - design @ coefs)
-    coefs = coefs + jsl.cho_solve(factor, correction / scale) / scale
+    coefs = coefs + cholesky_solve(low, correction / scale) / scale
     return coefs, basis @ coefs
