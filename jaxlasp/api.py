@@ -1,0 +1,165 @@
+"""High-level entry points: fit in-memory batches or LAMOST files, get an astropy Table."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jaxlasp.emulators.tgm import TGMEmulator
+from jaxlasp.fit.driver import FitResult, fit_batch
+from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid
+from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model
+
+DEFAULT_START = (7500.0, 3.5, -0.5)
+"""Start (Teff [K], log g, [Fe/H]) of PyLASP's shipped runs; mu = 0, σ = 1 pixel."""
+READ_ERROR = 32
+"""Result flag: the file could not be read or does not cover the window (see ``reason``)."""
+INPUT_FLAG_SHIFT = 8
+"""Reader flags (``jaxlasp.io.lamost``) are stored in the result flags shifted by this many bits."""
+COLUMNS = ("id", "rv", "rv_err", "teff", "teff_err", "logg", "logg_err", "feh", "feh_err",
+           "sigma", "loss", "n_iter", "n_clean", "converged", "flags", "reason")
+UNITS = {"rv": "km/s", "rv_err": "km/s", "teff": "K", "teff_err": "K", "logg": "dex",
+         "logg_err": "dex", "feh": "dex", "feh_err": "dex", "sigma": "km/s"}
+
+
+def load_model(model) -> TGMEmulator:
+    """A TGM emulator from a path or an already loaded emulator."""
+    if isinstance(model, TGMEmulator):
+        return model
+    from jaxlasp.io import read_tgm
+
+    return read_tgm(model)
+
+
+def start_points(start, batch: int) -> np.ndarray:
+    """θ₀ (batch, 5) from (Teff, log g, [Fe/H]) or per-spectrum (batch, 3) starts; mu 0, σ 1 px."""
+    start = np.broadcast_to(np.asarray(start, np.float64), (batch, 3))
+    theta = np.zeros((batch, 5))
+    theta[:, SIGMA] = 1.0
+    theta[:, LN_TEFF] = np.log(start[:, 0])
+    theta[:, LOGG] = start[:, 1]
+    theta[:, FEH] = start[:, 2]
+    return theta
+
+
+def check_start(theta0: np.ndarray, fm: ForwardModel) -> None:
+    """Raise ValueError when a start point lies outside the emulator's domain."""
+    dom = fm.emulator.domain
+    inside = dom.contains(np.exp(theta0[:, LN_TEFF]), theta0[:, LOGG], theta0[:, FEH])
+    if not np.all(inside):
+        bad = np.flatnonzero(~np.asarray(inside))[0]
+        raise ValueError(f"start point {bad} (Teff {math.exp(theta0[bad, LN_TEFF]):.0f} K, log g "
+                         f"{theta0[bad, LOGG]}, [Fe/H] {theta0[bad, FEH]}) is outside the model's "
+                         f"domain Teff {dom.teff} K, log g {dom.logg}, [Fe/H] {dom.feh}")
+
+
+def result_columns(result: FitResult, grid: LogGrid) -> dict[str, np.ndarray]:
+    """Physical columns (RV, Teff, … with errors) from a batch result."""
+    theta = np.asarray(result.theta)
+    err = np.sqrt(np.abs(np.diagonal(np.asarray(result.covariance), axis1=1, axis2=2)))
+    teff = np.exp(theta[:, LN_TEFF])
+    return {
+        "rv": C_KMS * np.expm1(grid.step * theta[:, MU]),
+        "rv_err": C_KMS * grid.step * np.exp(grid.step * theta[:, MU]) * err[:, MU],
+        "teff": teff, "teff_err": teff * err[:, LN_TEFF],
+        "logg": theta[:, LOGG], "logg_err": err[:, LOGG],
+        "feh": theta[:, FEH], "feh_err": err[:, FEH],
+        "sigma": C_KMS * np.expm1(grid.step * theta[:, SIGMA]),
+        "loss": np.asarray(result.loss), "n_iter": np.asarray(result.n_iter),
+        "n_clean": np.asarray(result.n_clean), "converged": np.asarray(result.converged),
+        "flags": np.asarray(result.flags).astype(np.int64),
+    }
+
+
+def make_table(ids: Sequence[str], columns: dict, reasons: Sequence[str]):
+    """An astropy Table with ``COLUMNS`` and units in the column metadata."""
+    from astropy.table import Table
+
+    table = Table({"id": np.asarray(ids, dtype=str), **columns, "reason": np.asarray(reasons, str)},
+                  names=COLUMNS)
+    for name, unit in UNITS.items():
+        table[name].unit = unit
+    return table
+
+
+def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = None,
+               method: str = "lm", clean: bool = False, start=DEFAULT_START, max_iter: int = 100):
+    """Fit spectra already on one observed grid; returns an astropy Table (one row per spectrum).
+
+    flux: (b, n) flux (any scale: the multiplicative polynomial absorbs it).
+    model: TGM file path or ``TGMEmulator``. grid: the spectra's ln-λ grid (default: PyLASP's
+    LAMOST 4200–5700 Å grid for this model). weights: (b, n) 1/err² times the good-pixel mask
+    (default: all ones). start: (Teff, log g, [Fe/H]) or (b, 3) per-spectrum starts.
+    """
+    if method != "lm":
+        raise ValueError(f"method {method!r} is not available (available: 'lm')")
+    emulator = load_model(model)
+    grid = grid or lamost_fit_grid(emulator.grid)
+    flux = np.atleast_2d(np.asarray(flux, np.float64))
+    if flux.shape[1] != grid.n:
+        raise ValueError(f"flux has {flux.shape[1]} pixels but the grid has {grid.n}")
+    weights = np.ones_like(flux) if weights is None else np.broadcast_to(weights, flux.shape)
+    ids = [str(i) for i in range(len(flux))] if ids is None else list(ids)
+    fm = build_forward_model(emulator, grid)
+    theta0 = start_points(start, len(flux))
+    check_start(theta0, fm)
+    result = fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter)
+    return make_table(ids, result_columns(result, grid), [""] * len(flux))
+
+
+def lamost_weights(spectrum, weighting: str) -> np.ndarray:
+    """Initial pixel weights for a LAMOST spectrum on its fit grid.
+
+    "none" (PyLASP): 1 on finite pixels, with PyLASP's quirk of dropping the last pixel (§c.7).
+    "ivar": IVAR on finite pixels with ANDMASK = 0, in units of the normalised flux.
+    """
+    weights = spectrum.finite.astype(np.float64)
+    weights[-1] = 0.0
+    if weighting == "ivar":
+        weights = weights * spectrum.ivar * spectrum.median**2 * (spectrum.andmask == 0)
+    elif weighting != "none":
+        raise ValueError(f"weighting must be 'none' or 'ivar', not {weighting!r}")
+    return weights
+
+
+def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DEFAULT_START,
+              window=(4200.0, 5700.0), weighting: str = "none", max_iter: int = 100):
+    """Fit LAMOST DR9/DR10 low-resolution FITS files; returns an astropy Table in input order.
+
+    A file that cannot be read (or does not cover the window) gets a row of NaNs with
+    ``converged = False``, flag ``READ_ERROR`` and the reason; the others are fitted.
+    """
+    from jaxlasp.io import SpectrumFileError, cut_to_grid, read_lamost
+
+    emulator = load_model(model)
+    grid = lamost_fit_grid(emulator.grid, tuple(window))
+    paths = [Path(p) for p in paths]
+    spectra, reasons = [], []
+    for path in paths:
+        try:
+            spectra.append(cut_to_grid(read_lamost(path, tuple(window)), grid))
+            reasons.append("")
+        except (SpectrumFileError, ValueError, OSError) as err:
+            spectra.append(None)
+            reasons.append(str(err))
+    ok = [i for i, s in enumerate(spectra) if s is not None]
+    columns = {name: np.full(len(paths), np.nan) for name in COLUMNS[1:-5]}
+    columns.update(n_iter=np.zeros(len(paths), np.int64), n_clean=np.zeros(len(paths), np.int64),
+                   converged=np.zeros(len(paths), bool),
+                   flags=np.full(len(paths), READ_ERROR, np.int64))
+    if ok:
+        fm = build_forward_model(emulator, grid)
+        flux = np.stack([spectra[i].normalised_flux() for i in ok])
+        weights = np.stack([lamost_weights(spectra[i], weighting) for i in ok])
+        theta0 = start_points(start, len(ok))
+        check_start(theta0, fm)
+        result = fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter)
+        fitted = result_columns(result, grid)
+        input_flags = np.array([spectra[i].flags for i in ok], np.int64) << INPUT_FLAG_SHIFT
+        fitted["flags"] = fitted["flags"] | input_flags
+        for name, values in fitted.items():
+            columns[name][ok] = values
+    ids = [s.id if s is not None else p.stem for s, p in zip(spectra, paths)]
+    return make_table(ids, columns, reasons)

@@ -1,0 +1,177 @@
+"""Fit a batch of spectra with LM, optionally with CurveFit's Clean schedule (ALGORITHM §g.2).
+
+Everything here works on arrays on one observed grid; reading files and building tables lives in
+``jaxlasp.api``. Each spectrum is independent: its own convergence, Clean cycles and flags.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlasp.fit import lm
+from jaxlasp.fit.clean import clean, masked_std
+from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, components, model_flags
+from jaxlasp.spectral.broaden import SIGMA_FLOOR
+
+MAX_CLEAN = 10
+"""PyLASP's ``nclean``: at most 10 Clean calls, 11 fits."""
+MU_LIMIT = 15.0
+"""|mu| bound [pixels] (≈ 1035 km/s on LAMOST); with σ ≤ 5 px the kernel fits in 40 px."""
+SIGMA_LIMIT = 5.0
+MIN_GOOD_PIXELS = 100
+"""Fewer good pixels than this (vs 51 polynomial + 5 stellar unknowns) is flagged."""
+
+# Result flags (bit values of FitResult.flags); documented in the README.
+NOT_CONVERGED = 1          # iteration cap reached before the tolerances were met
+NONFINITE = 2              # non-finite residuals at the start or the solution
+NEGATIVE_POLYNOMIAL = 4    # multiplicative polynomial ≤ 0 on some fitted pixel
+AT_BOUND = 8               # solution on a bound of the parameter box
+FEW_PIXELS = 16            # fewer than MIN_GOOD_PIXELS good pixels
+FLAG_NAMES = {NOT_CONVERGED: "not_converged", NONFINITE: "nonfinite", NEGATIVE_POLYNOMIAL:
+              "negative_polynomial", AT_BOUND: "at_bound", FEW_PIXELS: "few_pixels"}
+
+
+class FitResult(NamedTuple):
+    """Per-spectrum results of a batch fit (leading axis = spectrum)."""
+
+    theta: jax.Array       # (b, 5) [mu px, sigma px, ln Teff, log g, [Fe/H]]
+    covariance: jax.Array  # (b, 5, 5)
+    loss: jax.Array        # RMS residual over the final good pixels
+    n_iter: jax.Array      # LM iterations, summed over Clean cycles
+    n_clean: jax.Array     # PyLASP's clean_number (m + m2 + m3 of the last effective Clean)
+    n_cycles: jax.Array    # Clean calls made
+    mask: jax.Array        # (b, n) final good pixels
+    converged: jax.Array   # bool
+    flags: jax.Array       # int bitmask
+
+
+def parameter_box(fm: ForwardModel):
+    """(lower, upper) bounds of θ: the emulator's domain, |mu| ≤ 15 px, 0.1 ≤ σ ≤ 5 px."""
+    dom = fm.emulator.domain
+    lower = np.array([-MU_LIMIT, SIGMA_FLOOR, math.log(dom.teff[0]), dom.logg[0], dom.feh[0]])
+    upper = np.array([MU_LIMIT, SIGMA_LIMIT, math.log(dom.teff[1]), dom.logg[1], dom.feh[1]])
+    if MU_LIMIT + 5 * SIGMA_LIMIT > fm.halfwidth:
+        raise ValueError(f"kernel half-width {fm.halfwidth} px is too small for the parameter box")
+    return lower, upper
+
+
+def _residual(theta, fm, data):
+    flux, weights = data
+    return components(fm, theta, flux, weights).residuals
+
+
+@partial(jax.jit, static_argnames=("max_iter",))
+def run_lm(fm: ForwardModel, theta, flux, weights, ftol, xtol, max_iter: int = 100):
+    """LM on a batch; returns ``lm.LMState`` with a leading batch axis."""
+    lower, upper = parameter_box(fm)
+    return lm.run(_residual, theta, fm, (flux, weights), lower=lower, upper=upper,
+                  max_iter=max_iter, ftol=ftol, xtol=xtol)
+
+
+@jax.jit
+def clean_step(fm: ForwardModel, theta_start, theta, flux, weights, good, initial, first_call):
+    """One Clean call per spectrum at the fit's solution (ALGORITHM §g.2 steps 3–5).
+
+    Returns (CleanResult, s0, s1): s0 = std of the residuals at the fit's start over the good
+    pixels, s1 = std of the solution's residuals over the new good pixels (both ddof = 1).
+    """
+    def one(th0, th, f, w, g, g0):
+        r0 = components(fm, th0, f, w * g).residuals
+        comps = components(fm, th, f, w * g)
+        resid = jnp.sqrt(w) * (f - comps.model) * g0
+        noise = jnp.where(w > 0, 1 / jnp.sqrt(w), 1.0)
+        result = clean(comps.model, resid, g, g0, first_call, noise)
+        return result, masked_std(r0, g), masked_std(resid, result.mask)
+    return jax.vmap(one)(theta_start, theta, flux, weights, good, initial)
+
+
+@jax.jit
+def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
+    """Covariance, loss and flags at the LM solution (per spectrum)."""
+    lower, upper = parameter_box(fm)
+
+    def one(st, f, w, g):
+        used = w * g
+        comps = components(fm, st.theta, f, used)
+        n_used = jnp.sum(used > 0)
+        cov = lm.covariance(st.jac, st.resid, n_used)
+        loss = jnp.sqrt(jnp.sum(comps.residuals ** 2) / n_used)
+        _, _, negative, nonfinite = model_flags(fm, st.theta, comps, used)
+        span = upper - lower
+        at_bound = jnp.any((st.theta - lower < 1e-6 * span) | (upper - st.theta < 1e-6 * span))
+        flags = (NOT_CONVERGED * (st.status == lm.MAX_ITER)
+                 + NONFINITE * ((st.status == lm.NONFINITE) | nonfinite | ~jnp.isfinite(loss))
+                 + NEGATIVE_POLYNOMIAL * negative + AT_BOUND * at_bound
+                 + FEW_PIXELS * (n_used < MIN_GOOD_PIXELS))
+        return cov, loss, flags
+    return jax.vmap(one)(state, flux, weights, good)
+
+
+CLEAN_FTOL0 = 1e-2
+"""ftol of PyLASP's first Clean-mode fit."""
+
+
+def next_tolerance(j: int) -> float:
+    """ftol for the fit after Clean call j (ALGORITHM §g.2 step 6)."""
+    return 1e-3 if j + 2 < MAX_CLEAN else (1e-4 if j + 1 < MAX_CLEAN else 1e-5)
+
+
+def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = False,
+              max_iter: int = 100, ftol: float = 1e-10, xtol: float = 1e-10,
+              clean_tolerances: str = "tight") -> FitResult:
+    """Fit spectra (b, n) sharing ``fm``'s grid from start points ``theta0`` (b, 5).
+
+    weights: (b, n) 1/err² (or 1) times the initial good-pixel mask G0.
+    No Clean: one LM fit to the tolerances ``ftol``/``xtol`` (tight by default: the exact Jacobian
+    reaches the χ² minimum). Clean: PyLASP's schedule of fits and Clean calls (start-vector rule
+    included), each spectrum stopping when Clean no longer changes its mask, then a final fit from
+    the last solution to ``ftol``/``xtol`` on the final mask. ``clean_tolerances``: "tight" fits
+    every cycle to ``ftol``/``xtol``, so each Clean sees a converged model (closest to PyLASP's
+    published results); "pylasp" uses its loose schedule (ftol 1e-2, then 1e-3 … 1e-5; xtol 1e-8).
+    """
+    if clean_tolerances not in ("tight", "pylasp"):
+        raise ValueError(f"clean_tolerances must be 'tight' or 'pylasp', not {clean_tolerances!r}")
+    loose = clean_tolerances == "pylasp"
+    theta0 = jnp.asarray(theta0)
+    flux, weights = jnp.asarray(flux, theta0.dtype), jnp.asarray(weights, theta0.dtype)
+    batch = theta0.shape[0]
+    initial = weights > 0
+    good = initial
+    n_iter = jnp.zeros(batch, int)
+    n_clean = jnp.zeros(batch, int)
+    n_cycles = jnp.zeros(batch, int)
+    theta, start = theta0, theta0
+    if use_clean:
+        active = jnp.ones(batch, bool)
+        tol = jnp.full(batch, CLEAN_FTOL0 if loose else ftol)
+        cycle_xtol = jnp.full(batch, 1e-8 if loose else xtol)
+        for j in range(MAX_CLEAN + 1):
+            state = run_lm(fm, start, flux, weights * good, tol, cycle_xtol, max_iter)
+            theta = jnp.where(active[:, None], state.theta, theta)
+            n_iter = n_iter + jnp.where(active, state.n_iter, 0)
+            if j == MAX_CLEAN:
+                break
+            result, s0, s1 = clean_step(fm, start, theta, flux, weights, good, initial, j == 0)
+            changed = active & result.changed
+            n_cycles = n_cycles + active
+            n_clean = jnp.where(changed, jnp.sum(result.counts, axis=-1), n_clean)
+            good = jnp.where(changed[:, None], result.mask, good)
+            keep_start = result.sigma ** 2 / (s0 * s1) >= 1.5
+            if loose:
+                tol = jnp.where(keep_start & (j + 1 < MAX_CLEAN), CLEAN_FTOL0, next_tolerance(j))
+            start = jnp.where((changed & ~keep_start)[:, None], theta, start)
+            active = changed
+            if not bool(jnp.any(active)):
+                break
+        start = theta
+    state = run_lm(fm, start, flux, weights * good, ftol, xtol, max_iter)
+    n_iter = n_iter + state.n_iter
+    cov, loss, flags = finish(fm, state, flux, weights, good)
+    converged = (flags & (NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS)) == 0
+    return FitResult(state.theta, cov, loss, n_iter, n_clean, n_cycles, good, converged, flags)
+
