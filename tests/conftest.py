@@ -1,10 +1,16 @@
 """Shared fixtures: the real data in ../shared (skipped with a reason when absent)."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import numpy as np
-import pytest
+# One BLAS thread: the NumPy/SciPy references solve small problems, and a multi-threaded OpenBLAS
+# slows down 100× when another process shares the two cores of a CI machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 import jaxlasp  # noqa: F401  (enables float64)
 

@@ -66,11 +66,11 @@ def _residual(theta, fm, data):
 
 
 @partial(jax.jit, static_argnames=("max_iter",))
-def run_lm(fm: ForwardModel, theta, flux, weights, ftol, xtol, max_iter: int = 100):
-    """LM on a batch; returns ``lm.LMState`` with a leading batch axis."""
+def run_lm(fm: ForwardModel, theta, flux, weights, ftol, xtol, max_iter: int = 100, active=None):
+    """LM on a batch (members with ``active`` False are skipped); returns ``lm.LMState``."""
     lower, upper = parameter_box(fm)
     return lm.run(_residual, theta, fm, (flux, weights), lower=lower, upper=upper,
-                  max_iter=max_iter, ftol=ftol, xtol=xtol)
+                  max_iter=max_iter, ftol=ftol, xtol=xtol, active=active)
 
 
 @jax.jit
@@ -151,7 +151,7 @@ def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = Fals
         tol = jnp.full(batch, CLEAN_FTOL0 if loose else ftol)
         cycle_xtol = jnp.full(batch, 1e-8 if loose else xtol)
         for j in range(MAX_CLEAN + 1):
-            state = run_lm(fm, start, flux, weights * good, tol, cycle_xtol, max_iter)
+            state = run_lm(fm, start, flux, weights * good, tol, cycle_xtol, max_iter, active)
             theta = jnp.where(active[:, None], state.theta, theta)
             n_iter = n_iter + jnp.where(active, state.n_iter, 0)
             if j == MAX_CLEAN:

@@ -31,8 +31,8 @@ INITIAL_DAMPING = 1.0
 Gauss–Newton-like step from 7500 K can drop σ below ~0.3 px, where the truncated kernel is a single
 node with zero derivative, and trap the fit; seen on LAMOST 3709139)."""
 
-RUNNING, FTOL, XTOL, MAX_ITER, NONFINITE = 0, 1, 2, 3, 4
-"""Values of ``LMState.status``."""
+RUNNING, FTOL, XTOL, MAX_ITER, NONFINITE, SKIPPED = 0, 1, 2, 3, 4, 5
+"""Values of ``LMState.status`` (SKIPPED: left out of this run by the caller)."""
 
 
 class LMState(NamedTuple):
@@ -121,17 +121,19 @@ def step(fun: Callable, lower, upper, max_iter: int, state: LMState, shared, dat
 
 
 def run(fun: Callable, theta, shared, data, *, lower, upper, max_iter: int = 100,
-        ftol=1e-10, xtol=1e-10) -> LMState:
+        ftol=1e-10, xtol=1e-10, active=None) -> LMState:
     """Fit a batch: ``theta`` (b, p) and ``data`` with leading axis b; returns the final states.
 
-    ``ftol`` and ``xtol`` may be scalars or (b,) arrays. The loop ends when every member's
-    status is no longer RUNNING.
+    ``ftol`` and ``xtol`` may be scalars or (b,) arrays. Members where the (b,) bool ``active`` is
+    False are not iterated (status SKIPPED). The loop ends when no member is RUNNING.
     """
     batch = theta.shape[0]
     ftol = jnp.broadcast_to(jnp.asarray(ftol, theta.dtype), (batch,))
     xtol = jnp.broadcast_to(jnp.asarray(xtol, theta.dtype), (batch,))
     lower, upper = jnp.asarray(lower, theta.dtype), jnp.asarray(upper, theta.dtype)
     state = jax.vmap(lambda th, d, f, x: init(fun, th, shared, d, f, x))(theta, data, ftol, xtol)
+    if active is not None:
+        state = state._replace(status=jnp.where(active, state.status, SKIPPED))
     batched_step = jax.vmap(lambda s, d: step(fun, lower, upper, max_iter, s, shared, d)[0])
     return lax.while_loop(lambda s: jnp.any(s.status == RUNNING),
                           lambda s: batched_step(s, data), state)

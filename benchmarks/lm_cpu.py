@@ -1,0 +1,68 @@
+"""LM throughput: spectra per second for batches of the 25 LAMOST sample spectra repeated.
+
+Usage: python benchmarks/lm_cpu.py [--sizes 25 100 400] [--modes noclean clean]
+
+Needs ../shared/data/lamost-dr10-sample (reads pylasp_group0.npz: numpy only, no astropy, so it
+also runs on the GPU machine). Prints, per batch size and mode, the first call (compile + run) and
+the best of --repeats later calls, as seconds per batch, ms per spectrum and spectra per second.
+PyLASP CurveFit on a 2-core machine: 170 ms/spectrum serially (No Clean), 128 ms with 2 processes.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import jaxlasp  # noqa: F401  (float64)
+from jaxlasp.api import DEFAULT_START, start_points
+from jaxlasp.fit.driver import fit_batch
+from jaxlasp.grids import lamost_fit_grid
+from jaxlasp.io.pylasp_group import read_pylasp_group
+from jaxlasp.model import build_forward_model
+
+GROUP = Path(__file__).resolve().parents[1].parent / "shared/data/lamost-dr10-sample/pylasp_group0.npz"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[25, 100, 400])
+    parser.add_argument("--modes", nargs="+", default=["noclean", "clean"])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    if not GROUP.exists():
+        raise SystemExit(f"needs the LAMOST sample at {GROUP}")
+    emulator, data = read_pylasp_group(GROUP)
+    grid = lamost_fit_grid(emulator.grid)
+    fm = build_forward_model(emulator, grid)
+    flux25 = data["spectra"].astype(np.float64)
+    flux25 /= np.median(flux25, axis=1, keepdims=True)
+    weights25 = np.ones_like(flux25)
+    weights25[:, -1] = 0.0
+    print(f"# device {jax.devices()[0].device_kind}, {jax.device_count()} device(s), float64, "
+          f"{grid.n} pixels, start {DEFAULT_START}, best of {args.repeats}")
+    print(f"{'mode':>8} {'batch':>6} {'first s':>9} {'s/batch':>9} {'ms/spec':>9} {'spec/s':>8} "
+          f"{'iters':>6}")
+    for mode in args.modes:
+        for size in args.sizes:
+            flux = np.resize(flux25, (size, grid.n))
+            weights = np.resize(weights25, (size, grid.n))
+            theta0 = start_points(DEFAULT_START, size)
+            run = lambda: jax.block_until_ready(  # noqa: E731
+                fit_batch(fm, theta0, flux, weights, use_clean=mode == "clean"))
+            t0 = time.perf_counter()
+            result = run()
+            first = time.perf_counter() - t0
+            best = np.inf
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - t0)
+            print(f"{mode:>8} {size:>6} {first:>9.2f} {best:>9.2f} {1e3 * best / size:>9.2f} "
+                  f"{size / best:>8.1f} {np.mean(result.n_iter):>6.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

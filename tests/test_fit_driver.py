@@ -1,0 +1,81 @@
+"""Batch fitting on real spectra: batch = one at a time, flags instead of exceptions, tables."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import ELODIE, SAMPLE, need
+from jaxlasp.api import READ_ERROR, fit_arrays, fit_files
+from jaxlasp.fit.driver import FEW_PIXELS, NONFINITE
+
+IDS = ["3706009", "3709197", "3713139"]
+
+
+@pytest.fixture(scope="module")
+def paths():
+    return [need(SAMPLE / "fits" / f"{i}.fits") for i in IDS]
+
+
+@pytest.fixture(scope="module")
+def batch_table(paths):
+    return fit_files(paths, need(ELODIE))
+
+
+def test_batch_equals_one_at_a_time(paths, batch_table):
+    for k, path in enumerate(paths):
+        single = fit_files([path], ELODIE)
+        for col in ("rv", "teff", "logg", "feh", "teff_err", "loss"):
+            assert single[col][0] == pytest.approx(batch_table[col][k], rel=1e-8), col
+        assert single["n_iter"][0] == batch_table["n_iter"][k]
+
+
+def test_table_columns_and_units(batch_table):
+    assert batch_table.colnames[:15] == ["id", "rv", "rv_err", "teff", "teff_err", "logg",
+                                         "logg_err", "feh", "feh_err", "sigma", "loss", "n_iter",
+                                         "n_clean", "converged", "flags"]
+    assert str(batch_table["teff"].unit) == "K" and str(batch_table["rv"].unit) == "km / s"
+    assert list(batch_table["id"]) == IDS
+
+
+def test_bad_file_gets_a_row_and_the_rest_are_fitted(paths, batch_table, tmp_path):
+    junk = tmp_path / "junk.fits"
+    junk.write_text("not a FITS file")
+    table = fit_files([paths[0], junk, paths[1]], ELODIE)
+    assert list(table["id"]) == [IDS[0], "junk", IDS[1]]
+    assert table["flags"][1] == READ_ERROR and not table["converged"][1]
+    assert np.isnan(table["teff"][1]) and "junk.fits" in table["reason"][1]
+    assert table["teff"][0] == pytest.approx(batch_table["teff"][0], rel=1e-8)
+    assert table["teff"][2] == pytest.approx(batch_table["teff"][1], rel=1e-8)
+
+
+def test_unusable_spectra_are_flagged_not_raised(elodie):
+    from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.io import cut_to_grid, read_lamost
+
+    grid = lamost_fit_grid(elodie.grid)
+    good = cut_to_grid(read_lamost(SAMPLE / "fits" / "3706009.fits"), grid).normalised_flux()
+    flux = np.stack([good, np.full(grid.n, np.nan), good])
+    weights = np.ones_like(flux)
+    weights[2, 60:] = 0.0  # only 60 usable pixels
+    table = fit_arrays(flux, elodie, weights=weights)
+    assert table["converged"][0] and table["flags"][0] == 0
+    assert table["flags"][1] & NONFINITE and not table["converged"][1]
+    assert table["flags"][2] & FEW_PIXELS and not table["converged"][2]
+
+
+def test_out_of_domain_start_is_a_clear_error(elodie):
+    with pytest.raises(ValueError, match="outside the model's domain"):
+        fit_arrays(np.ones((1, 1327)), elodie, start=(50000.0, 3.5, -0.5))
+
+
+def test_per_spectrum_starts(paths):
+    table = fit_files(paths[:2], ELODIE, start=[(5900.0, 4.2, -0.3), (6000.0, 4.1, -0.4)])
+    assert np.all(table["converged"])
+
+
+def test_iteration_cap_is_flagged(paths):
+    from jaxlasp.fit.driver import NOT_CONVERGED
+
+    table = fit_files(paths[:1], ELODIE, max_iter=2)
+    assert table["flags"][0] & NOT_CONVERGED and not table["converged"][0]
+    assert table["n_iter"][0] == 2
