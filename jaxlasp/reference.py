@@ -316,27 +316,17 @@ class LeastSquaresFit:
 
 def fit_least_squares(model: NumpyForwardModel, theta0, flux, weights, *, jac="2-point",
                       bounds=None, ftol=1e-12, xtol=1e-12, gtol=1e-12,
-                      blas_threads: int | None = None, **kw) -> LeastSquaresFit:
+                      **kw) -> LeastSquaresFit:
     """Fit θ with ``scipy.optimize.least_squares`` (TRF, x_scale='jac', finite differences).
 
     jac: '2-point' (default) or '3-point'. bounds: (lower, upper), default ``(LOWER, UPPER)``.
-    blas_threads: if given, limit the BLAS thread pool to this many threads during the fit (needs
-    the ``threadpoolctl`` package). The problem is small (1327 × 51 least squares per
-    evaluation), so one thread is fastest, and a multi-threaded OpenBLAS slows down by up to
-    ~100× when another process occupies the cores; setting OPENBLAS_NUM_THREADS=1 before
-    importing NumPy has the same effect.
+    The problem is small (1327 × 51 least squares per evaluation): run with
+    OPENBLAS_NUM_THREADS=1, or a multi-threaded OpenBLAS slows down by up to ~100× when another
+    process occupies the cores.
     Other keywords go to ``least_squares`` (e.g. ``max_nfev``). The covariance is
     (JᵀJ)⁻¹·Σr²/(M − 5) from the final finite-difference Jacobian, with M the number of used
     pixels (as curve_fit with absolute_sigma=False; a pseudo-inverse, as curve_fit does).
     """
-    if blas_threads is not None:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError as exc:
-            raise ImportError("blas_threads needs the threadpoolctl package") from exc
-        with threadpool_limits(limits=blas_threads, user_api="blas"):
-            return fit_least_squares(model, theta0, flux, weights, jac=jac, bounds=bounds,
-                                     ftol=ftol, xtol=xtol, gtol=gtol, **kw)
     flux = np.asarray(flux, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
     if bounds is None:

@@ -6,30 +6,17 @@ import numpy as np
 import pytest
 
 from jaxlasp.emulators.tgm import tgm_flux
-from jaxlasp.grids import LogGrid
-from jaxlasp.model import build_forward_model, components, theta_from_physical
+from helpers import golden_grid, rel_err
+from helpers import golden_theta as golden_theta_np
+from jaxlasp.model import build_forward_model, components
 from jaxlasp.spectral.broaden import gaussian_kernel
 
 POINTS = range(7)
 CF_TOL = 1e-10
 
 
-def rel_err(ours, ref):
-    """Largest absolute difference relative to the reference's largest magnitude."""
-    ours, ref = np.asarray(ours), np.asarray(ref)
-    return np.max(np.abs(ours - ref)) / np.max(np.abs(ref))
-
-
-def golden_grid(golden) -> LogGrid:
-    return LogGrid(float(golden["cf_meta_obs_start"]), float(golden["cf_meta_obs_step"]),
-                   int(golden["cf_meta_npix"]))
-
-
 def golden_theta(golden, i):
-    theta = theta_from_physical(golden["pt_teff_K"][i], golden["pt_logg"][i], golden["pt_feh"][i],
-                                sigma_px=golden["pt_sigma_pix"][i])
-    theta[0] = golden["pt_mu_pix"][i]
-    return jnp.asarray(theta)
+    return jnp.asarray(golden_theta_np(golden, i))
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["folded", "per-model"])

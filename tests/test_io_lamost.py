@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxlasp.grids import LAMOST_LN_STEP, LinearGrid, LogGrid, window_pixels
+from conftest import need
 from jaxlasp.io import (
     FEW_GOOD_PIXELS,
     NONFINITE_FLUX,
@@ -31,13 +32,6 @@ MODEL_GRID = LinearGrid(4199.2, 0.2, 7506)
 """The ELODIE model grid of the sample (ALGORITHM §0)."""
 FILE_LN_START = 3.5682 * math.log(10.0) - 0.00028
 """ln λ of pixel 0 of the sample files, in air (ALGORITHM §c.4)."""
-
-
-def need(path: Path) -> Path:
-    """``path``, or skip the test when the shared sample data are not on this machine."""
-    if not path.exists():
-        pytest.skip(f"{path} not found: the shared LAMOST sample data are not available")
-    return path
 
 
 @pytest.fixture(scope="module")

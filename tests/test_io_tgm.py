@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import need
 from jaxlasp.grids import LinearGrid
 from jaxlasp.io import ModelFileError, crop_to, read_pylasp_group, read_tgm
 
@@ -15,13 +16,6 @@ ELODIE = SAMPLE / "elodie32_flux_tgm_4199-5700.fits"
 GROUP = SAMPLE / "pylasp_group0.npz"
 
 fits = pytest.importorskip("astropy.io.fits")
-
-
-def need(path: Path) -> Path:
-    """``path``, or skip the test when the shared sample data are not on this machine."""
-    if not path.exists():
-        pytest.skip(f"{path} not found: the shared LAMOST/ELODIE sample data are not available")
-    return path
 
 
 def write_tgm(path, coef, header):

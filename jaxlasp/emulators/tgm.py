@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlasp.grids import LinearGrid, LogGrid
 

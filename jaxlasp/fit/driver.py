@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxlasp.fit import lm
 from jaxlasp.fit.clean import clean, masked_std
-from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, components, model_flags
+from jaxlasp.model import ForwardModel, components, model_flags
 from jaxlasp.spectral.broaden import SIGMA_FLOOR
 
 MAX_CLEAN = 10
