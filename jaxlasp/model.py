@@ -20,7 +20,8 @@ import numpy as np
 from jaxlasp.emulators.tgm import TGMEmulator, tgm_flux
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LinearGrid, LogGrid
 from jaxlasp.spectral.broaden import broaden, kernel_fits
-from jaxlasp.spectral.continuum import DEGREE, fit_multiplicative_polynomial, legendre_basis
+from jaxlasp.spectral.continuum import (
+    DEGREE, LegendreSystem, fit_multiplicative_polynomial, legendre_system)
 from jaxlasp.spectral.resample import resample
 
 MU, SIGMA, LN_TEFF, LOGG, FEH = range(5)
@@ -35,7 +36,7 @@ class ForwardModel:
     """Everything needed to evaluate model spectra on one observed grid (a pytree).
 
     emulator: coefficients on the model's own grid, or already resampled onto ``grid``.
-    basis: (n, degree+1) Legendre polynomials at PyLASP's nodes.
+    legendre: Legendre polynomials at PyLASP's nodes and their product rule.
     grid: the observed ln-λ grid (static).
     halfwidth: static kernel half-width [pixels].
     edges: resampling edge convention ("extrapolate" or "clip"), used when the emulator is still
@@ -43,14 +44,14 @@ class ForwardModel:
     """
 
     emulator: TGMEmulator
-    basis: jax.Array
+    legendre: LegendreSystem
     grid: LogGrid
     halfwidth: int = DEFAULT_HALFWIDTH
     edges: str = "extrapolate"
 
 
 jax.tree_util.register_dataclass(
-    ForwardModel, data_fields=["emulator", "basis"], meta_fields=["grid", "halfwidth", "edges"]
+    ForwardModel, data_fields=["emulator", "legendre"], meta_fields=["grid", "halfwidth", "edges"]
 )
 
 
@@ -96,8 +97,8 @@ def build_forward_model(emulator: TGMEmulator, grid: LogGrid, *, edges: str = "e
             f"{edges_model[0]:.2f}–{edges_model[-1]:.2f} Å")
     if fold:
         emulator = fold_resampling(emulator, grid, edges)
-    basis = jnp.asarray(legendre_basis(grid.n, degree), emulator.coef.dtype)
-    return ForwardModel(emulator, basis, grid, halfwidth, edges)
+    legendre = legendre_system(grid.n, degree, emulator.coef.dtype)
+    return ForwardModel(emulator, legendre, grid, halfwidth, edges)
 
 
 def emulate(fm: ForwardModel, teff, logg, feh):
@@ -116,7 +117,7 @@ def components(fm: ForwardModel, theta, flux, weights) -> Components:
     """
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
     convolved = broaden(resampled, theta[MU], theta[SIGMA], fm.halfwidth)
-    coefs, polynomial = fit_multiplicative_polynomial(convolved, flux, weights, fm.basis)
+    coefs, polynomial = fit_multiplicative_polynomial(convolved, flux, weights, fm.legendre)
     model = convolved * polynomial
     resid = jnp.sqrt(weights) * (flux - model)
     return Components(resampled, convolved, coefs, polynomial, model, resid)

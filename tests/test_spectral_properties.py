@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import jaxlasp  # noqa: F401
 from jaxlasp.spectral.broaden import broaden, gaussian_kernel, kernel_fits
-from jaxlasp.spectral.continuum import fit_multiplicative_polynomial, legendre_basis
+from jaxlasp.spectral.continuum import (
+    fit_multiplicative_polynomial, legendre_basis, legendre_system)
 from jaxlasp.spectral.resample import resample
 
 seeds = st.integers(0, 2**32 - 1)
@@ -110,7 +111,7 @@ def test_legendre_solve_matches_lstsq(seed, n, degree, masked):
     # Heavy random masking with a high degree can make the problem itself ill-posed; the
     # reference is only meaningful to 1e-10 where cond·eps is well below that.
     assume(np.linalg.cond(design) < 1e5)
-    coefs, poly = fit_multiplicative_polynomial(model, flux, weights, basis)
+    coefs, poly = fit_multiplicative_polynomial(model, flux, weights, legendre_system(n, degree))
     ref, *_ = scipy.linalg.lstsq(design, sw * flux)
     np.testing.assert_allclose(np.asarray(coefs), ref, rtol=0, atol=1e-10 * np.max(np.abs(ref)))
     np.testing.assert_allclose(np.asarray(poly), basis @ ref, rtol=1e-10)
@@ -126,8 +127,8 @@ def test_legendre_basis_matches_scipy():
 
 
 def test_legendre_fully_masked_is_not_finite():
-    basis = legendre_basis(200, 10)
-    coefs, _ = fit_multiplicative_polynomial(np.ones(200), np.ones(200), np.zeros(200), basis)
+    coefs, _ = fit_multiplicative_polynomial(np.ones(200), np.ones(200), np.zeros(200),
+                                             legendre_system(200, 10))
     assert not np.all(np.isfinite(np.asarray(coefs)))
 
 
@@ -144,3 +145,14 @@ def test_cholesky_matches_numpy(seed, n):
     np.testing.assert_allclose(low, np.linalg.cholesky(a), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(np.asarray(cholesky_solve(low, b)), np.linalg.solve(a, b),
                                rtol=1e-8, atol=1e-10)
+
+
+def test_product_rule_reproduces_the_direct_normal_matrix():
+    """Σ v P_k P_l from 101 moments equals the direct sum (Adams–Neumann linearisation)."""
+    rng = np.random.default_rng(0)
+    system = legendre_system(1327)
+    v = rng.uniform(0, 2, 1327) * (rng.uniform(size=1327) > 0.1)
+    basis = np.asarray(system.basis)
+    direct = (basis * v[:, None]).T @ basis
+    from_moments = np.asarray(system.products) @ (np.asarray(system.moments).T @ v)
+    np.testing.assert_allclose(from_moments, direct, rtol=0, atol=1e-12 * np.abs(direct).max())

@@ -1,6 +1,14 @@
-"""Multiplicative Legendre correction solved by weighted linear least squares (ALGORITHM §f)."""
+"""Multiplicative Legendre correction solved by weighted linear least squares (ALGORITHM §f).
+
+The normal matrix Σ_i v_i P_k(x_i) P_l(x_i) is built from the 2D+1 moments μ_m = Σ_i v_i P_m(x_i)
+through the exact linearisation P_k P_l = Σ_m C_klm P_m, which costs n·(2D+1) + (D+1)²(2D+1)
+operations instead of n·(D+1)², about 7× fewer for PyLASP's 1327 pixels and degree 50.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -14,16 +22,54 @@ def legendre_nodes(n: int) -> np.ndarray:
     return 2.0 * np.arange(n, dtype=np.float64) / n - 1.0
 
 
-def legendre_basis(n: int, degree: int = DEGREE) -> np.ndarray:
-    """Legendre polynomials P_0..P_degree at ``legendre_nodes(n)``, float64; shape (n, degree+1)."""
-    x = legendre_nodes(n)
-    basis = np.empty((n, degree + 1))
+def legendre_basis(n: int, degree: int = DEGREE, x=None) -> np.ndarray:
+    """P_0..P_degree at ``x`` (default ``legendre_nodes(n)``), float64; shape (n, degree+1)."""
+    x = legendre_nodes(n) if x is None else np.asarray(x, np.float64)
+    basis = np.empty((x.size, degree + 1))
     basis[:, 0] = 1.0
     if degree >= 1:
         basis[:, 1] = x
     for k in range(1, degree):
         basis[:, k + 1] = ((2 * k + 1) * x * basis[:, k] - k * basis[:, k - 1]) / (k + 1)
     return basis
+
+
+def linearisation_coefficients(degree: int) -> np.ndarray:
+    """C with P_k P_l = Σ_m C[k, l, m] P_m for k, l ≤ degree, m ≤ 2·degree; shape (D+1, D+1, 2D+1).
+
+    C_klm = (2m+1)/2 ∫ P_k P_l P_m dx, integrated exactly by (2D+1)-point Gauss–Legendre
+    quadrature; entries that vanish by parity or the triangle rule are set to exactly 0.
+    """
+    nodes, weights = np.polynomial.legendre.leggauss(2 * degree + 1)
+    values = legendre_basis(nodes.size, 2 * degree, nodes)
+    low = values[:, :degree + 1]
+    coef = np.einsum("q,qk,ql,qm->klm", weights, low, low, values) * (np.arange(2 * degree + 1) + 0.5)
+    k, l, m = np.meshgrid(*(np.arange(d) for d in coef.shape), indexing="ij")
+    coef[((k + l + m) % 2 == 1) | (m < abs(k - l)) | (m > k + l)] = 0.0
+    return coef
+
+
+@dataclass(frozen=True)
+class LegendreSystem:
+    """Legendre arrays for one number of pixels (a pytree of arrays).
+
+    basis: (n, D+1) P_k(x_i); moments: (n, 2D+1) P_m(x_i); products: (D+1, D+1, 2D+1) C_klm.
+    """
+
+    basis: jax.Array
+    moments: jax.Array
+    products: jax.Array
+
+
+jax.tree_util.register_dataclass(
+    LegendreSystem, data_fields=["basis", "moments", "products"], meta_fields=[])
+
+
+def legendre_system(n: int, degree: int = DEGREE, dtype=np.float64) -> LegendreSystem:
+    """The ``LegendreSystem`` for PyLASP's nodes on n pixels."""
+    moments = legendre_basis(n, 2 * degree)
+    return LegendreSystem(*(jnp.asarray(a, dtype) for a in (
+        moments[:, :degree + 1], moments, linearisation_coefficients(degree))))
 
 
 def cholesky_lower(a):
@@ -63,26 +109,25 @@ def cholesky_solve(low, b):
     return lax.fori_loop(0, n, backward, jnp.zeros_like(b))
 
 
-def fit_multiplicative_polynomial(model, flux, weights, basis):
+def fit_multiplicative_polynomial(model, flux, weights, legendre: LegendreSystem):
     """Coefficients a minimising Σ_i weights_i·(flux_i − model_i·Σ_k a_k P_k(x_i))².
 
     model, flux, weights: (n,); weights are 1/err² times the pixel mask (0 excludes a pixel).
-    basis: (n, degree+1) from ``legendre_basis``.
-    Returns (a, polynomial) with polynomial = basis @ a on all n pixels. The normal equations are
-    scaled to unit diagonal (a correlation matrix, as PyLASP does) and solved by Cholesky, followed
-    by one step of iterative refinement on the residual of the original problem, which restores
-    the accuracy that forming the normal equations loses when the mask leaves them ill conditioned.
-    A singular system (e.g. fewer good pixels than coefficients) gives non-finite values, for the
-    caller to flag.
+    Returns (a, polynomial) with polynomial = Σ_k a_k P_k on all n pixels. The normal equations
+    (from moments, see the module docstring) are scaled to unit diagonal (a correlation matrix,
+    as PyLASP does) and solved by Cholesky, followed by one step of iterative refinement on the
+    residual of the original problem, which restores the accuracy that forming the normal
+    equations loses when the mask leaves them ill conditioned. A singular system (e.g. fewer
+    good pixels than coefficients) gives non-finite values, for the caller to flag.
     """
-    design = model[:, None] * basis
-    weighted = design * weights[:, None]
-    normal = weighted.T @ design
-    rhs = weighted.T @ flux
+    basis = legendre.basis
+    normal = legendre.products @ (legendre.moments.T @ (weights * model * model))
     scale = jnp.sqrt(jnp.diagonal(normal))
-    corr = normal / scale[:, None] / scale[None, :]
-    low = cholesky_lower(corr)
-    coefs = cholesky_solve(low, rhs / scale) / scale
-    correction = weighted.T @ (flux - design @ coefs)
-    coefs = coefs + cholesky_solve(low, correction / scale) / scale
+    low = cholesky_lower(normal / scale[:, None] / scale[None, :])
+
+    def solve(target):
+        return cholesky_solve(low, basis.T @ (weights * model * target) / scale) / scale
+
+    coefs = solve(flux)
+    coefs = coefs + solve(flux - model * (basis @ coefs))
     return coefs, basis @ coefs
