@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlasp.emulators.tgm import TGMEmulator, tgm_flux
+from jaxlasp.emulators.tgm import TGMEmulator, crop_to, tgm_flux
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LinearGrid, LogGrid
 from jaxlasp.spectral.broaden import broaden, kernel_fits
 from jaxlasp.spectral.continuum import (
@@ -86,6 +86,7 @@ def build_forward_model(emulator: TGMEmulator, grid: LogGrid, *, edges: str = "e
                         halfwidth: int = DEFAULT_HALFWIDTH) -> ForwardModel:
     """Set up the forward model for observed grid ``grid``.
 
+    The emulator is first cropped to the pixels covering the grid (plus one each side).
     fold: resample the coefficient planes once now (fast); otherwise resample every model.
     """
     if not isinstance(emulator.grid, LinearGrid):
@@ -95,6 +96,7 @@ def build_forward_model(emulator: TGMEmulator, grid: LogGrid, *, edges: str = "e
         raise ValueError(
             f"observed grid {grid.edges[0]:.2f}–{grid.edges[-1]:.2f} Å does not overlap the model "
             f"{edges_model[0]:.2f}–{edges_model[-1]:.2f} Å")
+    emulator = crop_to(emulator, grid.edges[0], grid.edges[-1])
     if fold:
         emulator = fold_resampling(emulator, grid, edges)
     legendre = legendre_system(grid.n, degree, emulator.coef.dtype)

@@ -79,3 +79,24 @@ def test_iteration_cap_is_flagged(paths):
     table = fit_files(paths[:1], ELODIE, max_iter=2)
     assert table["flags"][0] & NOT_CONVERGED and not table["converged"][0]
     assert table["n_iter"][0] == 2
+
+
+def test_degenerate_solution_is_flagged(elodie):
+    """Below σ ≈ 0.2 px the truncated kernel is one node: mu and σ stop acting on the model."""
+    import jax.numpy as jnp
+
+    from jaxlasp.api import lamost_weights, start_points
+    from jaxlasp.fit.driver import DEGENERATE, fit_batch
+    from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.io import cut_to_grid, read_lamost
+    from jaxlasp.model import SIGMA, build_forward_model
+
+    grid = lamost_fit_grid(elodie.grid)
+    spectrum = cut_to_grid(read_lamost(SAMPLE / "fits" / "3709139.fits"), grid)
+    theta0 = start_points((4600.0, 4.5, -0.1), 2)
+    theta0[0, SIGMA] = 0.15
+    flux = np.stack([spectrum.normalised_flux()] * 2)
+    weights = np.stack([lamost_weights(spectrum, "none")] * 2)
+    result = fit_batch(build_forward_model(elodie, grid), jnp.asarray(theta0), flux, weights)
+    assert int(result.flags[0]) & DEGENERATE and not bool(result.converged[0])
+    assert not int(result.flags[1]) & DEGENERATE and bool(result.converged[1])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlasp.grids import LinearGrid, LogGrid
 
@@ -155,3 +156,22 @@ def tgm_flux(emulator: TGMEmulator, teff, logg, feh):
     n_terms = N_TERMS[emulator.version]
     design = regime_design(teff, logg, feh, emulator.version).astype(emulator.coef.dtype)
     return jnp.einsum("rk,rkp->p", design, emulator.coef[:, :n_terms])
+
+
+def crop_to(emulator: TGMEmulator, lo: float, hi: float) -> TGMEmulator:
+    """The emulator restricted to the pixels that cover [lo, hi] Å, plus one pixel each side.
+
+    The margin is clipped to the pixels that exist. Raises ValueError if the model's coverage
+    (its pixel edges) does not overlap [lo, hi].
+    """
+    edges = emulator.grid.edges
+    if not (lo <= hi and hi > edges[0] and lo < edges[-1]):
+        raise ValueError(
+            f"the model covers {edges[0]:.3f}–{edges[-1]:.3f} Å, which does not overlap the "
+            f"requested interval [{lo}, {hi}] Å"
+        )
+    first = max(int(np.searchsorted(edges, lo, side="right")) - 2, 0)
+    last = min(int(np.searchsorted(edges, hi, side="left")), emulator.grid.n - 1)
+    n = last - first + 1
+    return emulator.replace_coef(emulator.coef[:, :, first:last + 1],
+                                 emulator.grid.sub(first, n))

@@ -32,8 +32,13 @@ NONFINITE = 2              # non-finite residuals at the start or the solution
 NEGATIVE_POLYNOMIAL = 4    # multiplicative polynomial ≤ 0 on some fitted pixel
 AT_BOUND = 8               # solution on a bound of the parameter box
 FEW_PIXELS = 16            # fewer than MIN_GOOD_PIXELS good pixels
+DEGENERATE = 64            # a parameter has (almost) no effect: singular covariance
 FLAG_NAMES = {NOT_CONVERGED: "not_converged", NONFINITE: "nonfinite", NEGATIVE_POLYNOMIAL:
-              "negative_polynomial", AT_BOUND: "at_bound", FEW_PIXELS: "few_pixels"}
+              "negative_polynomial", AT_BOUND: "at_bound", FEW_PIXELS: "few_pixels",
+              DEGENERATE: "degenerate"}
+MAX_VARIANCE_INFLATION = 1e10
+"""Largest (JᵀJ)⁻¹_jj·(JᵀJ)_jj accepted; beyond it the errors are meaningless (e.g. σ so small
+that the truncated kernel is a single node, where neither mu nor σ changes the model)."""
 
 
 class FitResult(NamedTuple):
@@ -100,6 +105,9 @@ def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
         comps = components(fm, st.theta, f, used)
         n_used = jnp.sum(used > 0)
         cov = lm.covariance(st.jac, st.resid, n_used)
+        normal_diag = jnp.sum(st.jac * st.jac, axis=0)
+        inflation = jnp.diagonal(cov) * normal_diag * (n_used - 5) / (st.resid @ st.resid)
+        degenerate = ~jnp.all(jnp.isfinite(inflation) & (inflation < MAX_VARIANCE_INFLATION))
         loss = jnp.sqrt(jnp.sum(comps.residuals ** 2) / n_used)
         _, _, negative, nonfinite = model_flags(fm, st.theta, comps, used)
         span = upper - lower
@@ -107,7 +115,7 @@ def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
         flags = (NOT_CONVERGED * (st.status == lm.MAX_ITER)
                  + NONFINITE * ((st.status == lm.NONFINITE) | nonfinite | ~jnp.isfinite(loss))
                  + NEGATIVE_POLYNOMIAL * negative + AT_BOUND * at_bound
-                 + FEW_PIXELS * (n_used < MIN_GOOD_PIXELS))
+                 + FEW_PIXELS * (n_used < MIN_GOOD_PIXELS) + DEGENERATE * degenerate)
         return cov, loss, flags
     return jax.vmap(one)(state, flux, weights, good)
 
@@ -172,6 +180,7 @@ def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = Fals
     state = run_lm(fm, start, flux, weights * good, ftol, xtol, max_iter)
     n_iter = n_iter + state.n_iter
     cov, loss, flags = finish(fm, state, flux, weights, good)
-    converged = (flags & (NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS)) == 0
+    converged = (flags & (NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS
+                          | DEGENERATE)) == 0
     return FitResult(state.theta, cov, loss, n_iter, n_clean, n_cycles, good, converged, flags)
 

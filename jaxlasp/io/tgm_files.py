@@ -14,7 +14,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlasp.emulators.tgm import N_TERMS, TGMEmulator
+from jaxlasp.emulators.tgm import N_TERMS, TGMEmulator, crop_to  # noqa: F401  (re-exported)
 from jaxlasp.grids import LinearGrid
 from jaxlasp.io._fits import read_hdus
 
@@ -46,25 +46,6 @@ def read_tgm(path, dtype=np.float64) -> TGMEmulator:
     raise ModelFileError(
         f"{path}: unknown model file type; expected one of {FITS_SUFFIXES + ('.npz', '.pt')}"
     )
-
-
-def crop_to(emulator: TGMEmulator, lo: float, hi: float) -> TGMEmulator:
-    """The emulator restricted to the pixels that cover [lo, hi] Å, plus one pixel each side.
-
-    The margin is clipped to the pixels that exist. Raises ValueError if the model's coverage
-    (its pixel edges) does not overlap [lo, hi].
-    """
-    edges = emulator.grid.edges
-    if not (lo <= hi and hi > edges[0] and lo < edges[-1]):
-        raise ValueError(
-            f"the model covers {edges[0]:.3f}–{edges[-1]:.3f} Å, which does not overlap the "
-            f"requested interval [{lo}, {hi}] Å"
-        )
-    first = max(int(np.searchsorted(edges, lo, side="right")) - 2, 0)
-    last = min(int(np.searchsorted(edges, hi, side="left")), emulator.grid.n - 1)
-    n = last - first + 1
-    return emulator.replace_coef(emulator.coef[:, :, first:last + 1],
-                                 emulator.grid.sub(first, n))
 
 
 def tgm_from_group(spec_coef, borders, source, dtype=np.float64) -> TGMEmulator:
