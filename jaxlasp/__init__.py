@@ -11,6 +11,7 @@ import jax
 if not os.environ.get("JAXLASP_NO_X64"):
     jax.config.update("jax_enable_x64", True)
 
+from jaxlasp.api import fit_arrays, fit_files  # noqa: E402
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain, TGMEmulator, tgm_flux  # noqa: E402
 from jaxlasp.grids import LinearGrid, LogGrid  # noqa: E402
 from jaxlasp.model import (  # noqa: E402
@@ -18,5 +19,6 @@ from jaxlasp.model import (  # noqa: E402
 
 __all__ = [
     "Domain", "ELODIE32_DOMAIN", "ForwardModel", "LinearGrid", "LogGrid", "TGMEmulator",
-    "batch_residuals", "build_forward_model", "components", "residuals", "tgm_flux",
+    "batch_residuals", "build_forward_model", "components", "fit_arrays", "fit_files", "residuals",
+    "tgm_flux",
 ]

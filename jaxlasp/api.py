@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxlasp.emulators.tgm import TGMEmulator
-from jaxlasp.fit.driver import FitResult, fit_batch
+from jaxlasp.fit.driver import FLAG_NAMES, FitResult, fit_batch
 from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid
 from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model
 
@@ -73,6 +73,11 @@ def result_columns(result: FitResult, grid: LogGrid) -> dict[str, np.ndarray]:
     }
 
 
+def describe_flags(flags: int) -> str:
+    """Comma-separated names of the fit flags set in ``flags`` ("" when none)."""
+    return ",".join(name for bit, name in FLAG_NAMES.items() if int(flags) & bit)
+
+
 def make_table(ids: Sequence[str], columns: dict, reasons: Sequence[str]):
     """An astropy Table with ``COLUMNS`` and units in the column metadata."""
     from astropy.table import Table
@@ -106,7 +111,8 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     theta0 = start_points(start, len(flux))
     check_start(theta0, fm)
     result = fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter)
-    return make_table(ids, result_columns(result, grid), [""] * len(flux))
+    columns = result_columns(result, grid)
+    return make_table(ids, columns, [describe_flags(f) for f in columns["flags"]])
 
 
 def lamost_weights(spectrum, weighting: str) -> np.ndarray:
@@ -161,5 +167,7 @@ def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DE
         fitted["flags"] = fitted["flags"] | input_flags
         for name, values in fitted.items():
             columns[name][ok] = values
+        for k, i in enumerate(ok):
+            reasons[i] = describe_flags(fitted["flags"][k])
     ids = [s.id if s is not None else p.stem for s, p in zip(spectra, paths)]
     return make_table(ids, columns, reasons)

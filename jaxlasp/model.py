@@ -26,7 +26,6 @@ from jaxlasp.spectral.resample import resample
 
 MU, SIGMA, LN_TEFF, LOGG, FEH = range(5)
 """Indices into the parameter vector θ."""
-PARAM_NAMES = ("mu", "sigma", "ln_teff", "logg", "feh")
 DEFAULT_HALFWIDTH = 40
 """Static kernel half-width [pixels]: holds |mu| ≤ 15 and σ ≤ 5 (LASP-Adam's box)."""
 
@@ -130,12 +129,6 @@ def residuals(fm: ForwardModel, theta, flux, weights):
     return components(fm, theta, flux, weights).residuals
 
 
-def loss(fm: ForwardModel, theta, flux, weights):
-    """RMS of the residuals over the used pixels (PyLASP's CurveFit ``loss``)."""
-    r = residuals(fm, theta, flux, weights)
-    return jnp.sqrt(jnp.sum(r * r) / jnp.sum(weights > 0))
-
-
 def model_flags(fm: ForwardModel, theta, comps: Components, weights):
     """Boolean problems of one evaluation: (outside domain, kernel too wide, polynomial ≤ 0, non-finite)."""
     teff = jnp.exp(theta[LN_TEFF])
@@ -150,8 +143,6 @@ def model_flags(fm: ForwardModel, theta, comps: Components, weights):
 
 batch_residuals = jax.vmap(residuals, in_axes=(None, 0, 0, 0))
 """``residuals`` over a batch: theta (b, 5), flux and weights (b, n) → (b, n)."""
-batch_components = jax.vmap(components, in_axes=(None, 0, 0, 0))
-"""``components`` over a batch."""
 
 
 def theta_from_physical(teff, logg, feh, rv=0.0, sigma_px=1.0, step: float = LAMOST_LN_STEP):

@@ -61,6 +61,8 @@ def test_unusable_spectra_are_flagged_not_raised(elodie):
     assert table["converged"][0] and table["flags"][0] == 0
     assert table["flags"][1] & NONFINITE and not table["converged"][1]
     assert table["flags"][2] & FEW_PIXELS and not table["converged"][2]
+    assert "nonfinite" in table["reason"][1]
+    assert "few_pixels" in table["reason"][2] and table["reason"][0] == ""
 
 
 def test_out_of_domain_start_is_a_clear_error(elodie):
