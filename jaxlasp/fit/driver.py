@@ -129,6 +129,51 @@ def next_tolerance(j: int) -> float:
     return 1e-3 if j + 2 < MAX_CLEAN else (1e-4 if j + 1 < MAX_CLEAN else 1e-5)
 
 
+class CleanOutcome(NamedTuple):
+    """Where the Clean schedule left each spectrum."""
+
+    theta: jax.Array     # (b, 5) solution of the last fit
+    mask: jax.Array      # (b, n) final good pixels
+    n_iter: jax.Array    # LM iterations over all cycles
+    n_clean: jax.Array   # PyLASP's clean_number
+    n_cycles: jax.Array  # Clean calls made
+
+
+def run_clean_schedule(fm: ForwardModel, theta0, flux, weights, *, ftol, xtol, max_iter: int,
+                       loose: bool) -> CleanOutcome:
+    """CurveFit's Clean schedule (ALGORITHM §g.2), every spectrum on its own cycle count.
+
+    Up to MAX_CLEAN rounds of fit → Clean; a spectrum whose mask Clean leaves unchanged stops
+    (it is skipped by later fits). ``loose`` uses PyLASP's tolerances, else ``ftol``/``xtol``.
+    """
+    batch = theta0.shape[0]
+    initial = weights > 0
+    good, theta, start = initial, theta0, theta0
+    n_iter, n_clean, n_cycles = (jnp.zeros(batch, int) for _ in range(3))
+    active = jnp.ones(batch, bool)
+    tol = jnp.full(batch, CLEAN_FTOL0 if loose else ftol)
+    cycle_xtol = jnp.full(batch, 1e-8 if loose else xtol)
+    for j in range(MAX_CLEAN + 1):
+        state = run_lm(fm, start, flux, weights * good, tol, cycle_xtol, max_iter, active)
+        theta = jnp.where(active[:, None], state.theta, theta)
+        n_iter = n_iter + jnp.where(active, state.n_iter, 0)
+        if j == MAX_CLEAN:
+            break
+        result, s0, s1 = clean_step(fm, start, theta, flux, weights, good, initial, j == 0)
+        changed = active & result.changed
+        n_cycles = n_cycles + active
+        n_clean = jnp.where(changed, jnp.sum(result.counts, axis=-1), n_clean)
+        good = jnp.where(changed[:, None], result.mask, good)
+        keep_start = result.sigma ** 2 / (s0 * s1) >= 1.5
+        if loose:
+            tol = jnp.where(keep_start & (j + 1 < MAX_CLEAN), CLEAN_FTOL0, next_tolerance(j))
+        start = jnp.where((changed & ~keep_start)[:, None], theta, start)
+        active = changed
+        if not bool(jnp.any(active)):
+            break
+    return CleanOutcome(theta, good, n_iter, n_clean, n_cycles)
+
+
 def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = False,
               max_iter: int = 100, ftol: float = 1e-10, xtol: float = 1e-10,
               clean_tolerances: str = "tight") -> FitResult:
@@ -137,50 +182,23 @@ def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = Fals
     weights: (b, n) 1/err² (or 1) times the initial good-pixel mask G0.
     No Clean: one LM fit to the tolerances ``ftol``/``xtol`` (tight by default: the exact Jacobian
     reaches the χ² minimum). Clean: PyLASP's schedule of fits and Clean calls (start-vector rule
-    included), each spectrum stopping when Clean no longer changes its mask, then a final fit from
-    the last solution to ``ftol``/``xtol`` on the final mask. ``clean_tolerances``: "tight" fits
-    every cycle to ``ftol``/``xtol``, so each Clean sees a converged model (closest to PyLASP's
-    published results); "pylasp" uses its loose schedule (ftol 1e-2, then 1e-3 … 1e-5; xtol 1e-8).
+    included), then a final fit from the last solution to ``ftol``/``xtol`` on the final mask.
+    ``clean_tolerances``: "tight" fits every cycle to ``ftol``/``xtol``, so each Clean sees a
+    converged model (closest to PyLASP's published results); "pylasp" uses its loose schedule
+    (ftol 1e-2, then 1e-3 … 1e-5; xtol 1e-8).
     """
     if clean_tolerances not in ("tight", "pylasp"):
         raise ValueError(f"clean_tolerances must be 'tight' or 'pylasp', not {clean_tolerances!r}")
-    loose = clean_tolerances == "pylasp"
     theta0 = jnp.asarray(theta0)
     flux, weights = jnp.asarray(flux, theta0.dtype), jnp.asarray(weights, theta0.dtype)
-    batch = theta0.shape[0]
-    initial = weights > 0
-    good = initial
-    n_iter = jnp.zeros(batch, int)
-    n_clean = jnp.zeros(batch, int)
-    n_cycles = jnp.zeros(batch, int)
-    theta, start = theta0, theta0
+    zeros = jnp.zeros(theta0.shape[0], int)
+    outcome = CleanOutcome(theta0, weights > 0, zeros, zeros, zeros)
     if use_clean:
-        active = jnp.ones(batch, bool)
-        tol = jnp.full(batch, CLEAN_FTOL0 if loose else ftol)
-        cycle_xtol = jnp.full(batch, 1e-8 if loose else xtol)
-        for j in range(MAX_CLEAN + 1):
-            state = run_lm(fm, start, flux, weights * good, tol, cycle_xtol, max_iter, active)
-            theta = jnp.where(active[:, None], state.theta, theta)
-            n_iter = n_iter + jnp.where(active, state.n_iter, 0)
-            if j == MAX_CLEAN:
-                break
-            result, s0, s1 = clean_step(fm, start, theta, flux, weights, good, initial, j == 0)
-            changed = active & result.changed
-            n_cycles = n_cycles + active
-            n_clean = jnp.where(changed, jnp.sum(result.counts, axis=-1), n_clean)
-            good = jnp.where(changed[:, None], result.mask, good)
-            keep_start = result.sigma ** 2 / (s0 * s1) >= 1.5
-            if loose:
-                tol = jnp.where(keep_start & (j + 1 < MAX_CLEAN), CLEAN_FTOL0, next_tolerance(j))
-            start = jnp.where((changed & ~keep_start)[:, None], theta, start)
-            active = changed
-            if not bool(jnp.any(active)):
-                break
-        start = theta
-    state = run_lm(fm, start, flux, weights * good, ftol, xtol, max_iter)
-    n_iter = n_iter + state.n_iter
-    cov, loss, flags = finish(fm, state, flux, weights, good)
+        outcome = run_clean_schedule(fm, theta0, flux, weights, ftol=ftol, xtol=xtol,
+                                     max_iter=max_iter, loose=clean_tolerances == "pylasp")
+    state = run_lm(fm, outcome.theta, flux, weights * outcome.mask, ftol, xtol, max_iter)
+    cov, loss, flags = finish(fm, state, flux, weights, outcome.mask)
     converged = (flags & (NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS
                           | DEGENERATE)) == 0
-    return FitResult(state.theta, cov, loss, n_iter, n_clean, n_cycles, good, converged, flags)
-
+    return FitResult(state.theta, cov, loss, outcome.n_iter + state.n_iter, outcome.n_clean,
+                     outcome.n_cycles, outcome.mask, converged, flags)
