@@ -89,17 +89,37 @@ def make_table(ids: Sequence[str], columns: dict, reasons: Sequence[str]):
     return table
 
 
+METHODS = ("lm", "adam")
+
+
+def fit(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
+        max_iter: int | None) -> FitResult:
+    """Run the chosen optimiser on a batch (``max_iter`` None: the method's default)."""
+    if method == "lm":
+        return fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter or 100)
+    from jaxlasp.fit.adam import fit_batch_adam
+
+    return fit_batch_adam(fm, theta0, flux, weights, clean=clean, max_iter=max_iter or 5000)[0]
+
+
+def check_method(method: str) -> None:
+    """Raise ValueError for an unknown optimiser name."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+
+
 def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = None,
-               method: str = "lm", clean: bool = False, start=DEFAULT_START, max_iter: int = 100):
+               method: str = "lm", clean: bool = False, start=DEFAULT_START,
+               max_iter: int | None = None):
     """Fit spectra already on one observed grid; returns an astropy Table (one row per spectrum).
 
     flux: (b, n) flux (any scale: the multiplicative polynomial absorbs it).
     model: TGM file path or ``TGMEmulator``. grid: the spectra's ln-λ grid (default: PyLASP's
     LAMOST 4200–5700 Å grid for this model). weights: (b, n) 1/err² times the good-pixel mask
     (default: all ones). start: (Teff, log g, [Fe/H]) or (b, 3) per-spectrum starts.
+    method: "lm" (Levenberg–Marquardt) or "adam" (per-spectrum Adam, ``jaxlasp.fit.adam``).
     """
-    if method != "lm":
-        raise ValueError(f"method {method!r} is not available (available: 'lm')")
+    check_method(method)
     emulator = load_model(model)
     grid = grid or lamost_fit_grid(emulator.grid)
     flux = np.atleast_2d(np.asarray(flux, np.float64))
@@ -110,7 +130,7 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     fm = build_forward_model(emulator, grid)
     theta0 = start_points(start, len(flux))
     check_start(theta0, fm)
-    result = fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter)
+    result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter)
     columns = result_columns(result, grid)
     return make_table(ids, columns, [describe_flags(f) for f in columns["flags"]])
 
@@ -131,7 +151,7 @@ def lamost_weights(spectrum, weighting: str) -> np.ndarray:
 
 
 def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DEFAULT_START,
-              window=(4200.0, 5700.0), weighting: str = "none", max_iter: int = 100):
+              window=(4200.0, 5700.0), weighting: str = "none", max_iter: int | None = None):
     """Fit LAMOST DR9/DR10 low-resolution FITS files; returns an astropy Table in input order.
 
     A file that cannot be read (or does not cover the window) gets a row of NaNs with
@@ -139,6 +159,7 @@ def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DE
     """
     from jaxlasp.io import SpectrumFileError, cut_to_grid, read_lamost
 
+    check_method(method)
     emulator = load_model(model)
     grid = lamost_fit_grid(emulator.grid, tuple(window))
     paths = [Path(p) for p in paths]
@@ -161,7 +182,7 @@ def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DE
         weights = np.stack([lamost_weights(spectra[i], weighting) for i in ok])
         theta0 = start_points(start, len(ok))
         check_start(theta0, fm)
-        result = fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter)
+        result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter)
         fitted = result_columns(result, grid)
         input_flags = np.array([spectra[i].flags for i in ok], np.int64) << INPUT_FLAG_SHIFT
         fitted["flags"] = fitted["flags"] | input_flags

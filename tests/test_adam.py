@@ -1,4 +1,4 @@
-"""LASP-Adam (jaxlasp.fit.adam): Clean against PyLASP, the parameter map, and fits on real spectra."""
+"""LASP-Adam (jaxlasp.fit.adam): Clean vs PyLASP, the parameter map, fits on real spectra."""
 from __future__ import annotations
 
 import jax
@@ -149,3 +149,25 @@ def test_every_iterate_is_inside_the_box(data, trace):
         assert np.all(np.abs(state.x) <= 1)
         hit |= bool(np.any(np.abs(state.x) == 1))
     assert hit
+
+
+def test_group_mode_stops_together_near_lm(data, adam_fit):
+    fm, _, theta0, flux, weights = data
+    result, group_loss = adam.fit_batch_adam(fm, theta0, flux, weights, convergence="group")
+    assert len(set(np.asarray(result.n_iter).tolist())) == 1
+    spectrum_mode, spectrum_loss = adam_fit
+    err = np.sqrt(np.diagonal(np.asarray(spectrum_mode.covariance), axis1=1, axis2=2))
+    assert np.all(np.abs(result.theta - spectrum_mode.theta) < 0.2 * err)
+    assert float(group_loss) == pytest.approx(float(spectrum_loss), rel=1e-5)
+
+
+def test_clean_schedule_and_mask(data):
+    fm, _, theta0, flux, weights = data
+    result, _ = adam.fit_batch_adam(fm, theta0, flux, weights, clean=True)
+    n_iter = np.asarray(result.n_iter)
+    scheduled = np.array([np.sum((np.arange(30, 331, 30) < k)) for k in n_iter])
+    np.testing.assert_array_equal(result.n_cycles, scheduled)
+    assert np.all(result.n_cycles >= 1) and np.all(result.converged)
+    rejected = np.sum((weights > 0) & ~np.asarray(result.mask), axis=1)
+    np.testing.assert_array_equal(result.n_clean, rejected)
+    assert np.all(rejected > 0) and np.all(rejected < 0.1 * flux.shape[1])

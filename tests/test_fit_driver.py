@@ -102,3 +102,15 @@ def test_degenerate_solution_is_flagged(elodie):
     result = fit_batch(build_forward_model(elodie, grid), jnp.asarray(theta0), flux, weights)
     assert int(result.flags[0]) & DEGENERATE and not bool(result.converged[0])
     assert not int(result.flags[1]) & DEGENERATE and bool(result.converged[1])
+
+
+def test_adam_through_the_same_entry_point(paths, batch_table):
+    table = fit_files(paths, ELODIE, method="adam")
+    assert list(table["id"]) == IDS and np.all(table["converged"])
+    for col in ("teff", "logg", "feh", "rv"):
+        assert np.all(np.abs(table[col] - batch_table[col]) < 0.2 * batch_table[col + "_err"]), col
+
+
+def test_unknown_method_is_an_error(paths):
+    with pytest.raises(ValueError, match="method must be one of"):
+        fit_files(paths, ELODIE, method="bfgs")

@@ -51,18 +51,17 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxlasp.emulators.tgm import G_OFFSET, T_OFFSET
 from jaxlasp.fit import lm
+from jaxlasp.fit.clean import LAYER3_PASSES, LEVELS, MAX_FRACTION
 from jaxlasp.fit.driver import (
-    DEGENERATE, FEW_PIXELS, NEGATIVE_POLYNOMIAL, NONFINITE, NOT_CONVERGED, FitResult, _residual,
-    finish)
+    FAILURES, FitResult, finish, lm_residual)
 from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, components
 
 CENTER = np.array([0.215, -1.44, -0.75, 0.0, 2.55])
 """c of §i.2, internal order [t, g, z, mu, sigma]."""
 WIDTH = np.array([1.0, 6.0, 3.5, 30.0, 4.9])
 """w of §i.2."""
-LOG10_TEFF_OFFSET = 3.7617
-LOGG_OFFSET = 4.44
 LN10 = math.log(10.0)
 
 SMALL_CHANGE = 1e-5
@@ -73,9 +72,6 @@ CLEAN_EVERY, CLEAN_LAST = 30, 330
 """Clean at it = 30, 60, …, 330 (§g.4)."""
 FACSH = 0.2
 """Clean's gradient factor: always 0.2 in the Adam loop (it ≥ 30)."""
-LEVELS = (3.0, 4.0, 5.0, 7.0)
-MAX_FRACTION = 0.03
-LAYER3_PASSES = 20
 
 RUNNING, SMALL_CHANGES, STALLED, MAX_ITER, NONFINITE_LOSS = 0, 1, 2, 3, 4
 """Values of ``AdamState.status``."""
@@ -88,16 +84,16 @@ RUNNING, SMALL_CHANGES, STALLED, MAX_ITER, NONFINITE_LOSS = 0, 1, 2, 3, 4
 def internal_from_theta(theta):
     """p = [t, g, z, mu, sigma] from θ = [mu, sigma, ln Teff, log g, [Fe/H]] (last axis)."""
     theta = jnp.asarray(theta)
-    return jnp.stack([theta[..., LN_TEFF] / LN10 - LOG10_TEFF_OFFSET,
-                      theta[..., LOGG] - LOGG_OFFSET, theta[..., FEH],
+    return jnp.stack([theta[..., LN_TEFF] / LN10 - T_OFFSET,
+                      theta[..., LOGG] - G_OFFSET, theta[..., FEH],
                       theta[..., MU], theta[..., SIGMA]], axis=-1)
 
 
 def theta_from_internal(p):
     """θ from p = [t, g, z, mu, sigma]."""
     p = jnp.asarray(p)
-    return jnp.stack([p[..., 3], p[..., 4], (p[..., 0] + LOG10_TEFF_OFFSET) * LN10,
-                      p[..., 1] + LOGG_OFFSET, p[..., 2]], axis=-1)
+    return jnp.stack([p[..., 3], p[..., 4], (p[..., 0] + T_OFFSET) * LN10,
+                      p[..., 1] + G_OFFSET, p[..., 2]], axis=-1)
 
 
 def x_from_theta(theta):
@@ -255,7 +251,7 @@ def step(fm: ForwardModel, state: AdamState, flux, weights, *, lr=0.1, clean: bo
     min_loss = jnp.where(improved, tracked, state.min_loss)
     stall = jnp.where(improved, 0, state.stall + 1)
     best_loss = jnp.where(cleaned & running, jnp.inf, state.best_loss)
-    better = finite & (per < best_loss)
+    better = running & finite & (per < best_loss)
     best_x = jnp.where(better[:, None], state.x, state.best_x)
     best_loss = jnp.where(better, per, best_loss)
 
@@ -285,6 +281,7 @@ def step(fm: ForwardModel, state: AdamState, flux, weights, *, lr=0.1, clean: bo
 
 
 @partial(jax.jit, static_argnames=("lr", "clean", "convergence", "max_iter", "mask_polynomial"))
+@partial(jax.jit, static_argnames=("lr", "clean", "convergence", "max_iter", "mask_polynomial"))
 def run(fm: ForwardModel, x0, flux, weights, *, lr=0.1, clean: bool = False,
         convergence: str = "spectrum", max_iter: int = 5000, mask_polynomial: bool = True):
     """Iterate ``step`` with ``lax.while_loop`` until no spectrum is running; the final state."""
@@ -296,7 +293,7 @@ def run(fm: ForwardModel, x0, flux, weights, *, lr=0.1, clean: bool = False,
 
 @jax.jit
 def _lm_state_at(fm: ForwardModel, theta, flux, used):
-    return jax.vmap(lambda th, f, w: lm.init(_residual, th, fm, (f, w)))(theta, flux, used)
+    return jax.vmap(lambda th, f, w: lm.init(lm_residual, th, fm, (f, w)))(theta, flux, used)
 
 
 def fit_batch_adam(fm: ForwardModel, theta0, flux, weights, *, clean: bool = False,
@@ -323,8 +320,7 @@ def fit_batch_adam(fm: ForwardModel, theta0, flux, weights, *, clean: bool = Fal
             lm_state.status == lm.NONFINITE, lm.NONFINITE, lm.FTOL)))
     lm_state = lm_state._replace(status=lm_status)
     cov, loss, flags = finish(fm, lm_state, flux, weights, good)
-    converged = (flags & (NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS
-                          | DEGENERATE)) == 0
+    converged = (flags & FAILURES) == 0
     n_rejected = jnp.sum((weights > 0) & ~good, axis=1)
     group_loss = jnp.sqrt(jnp.sum(lm_state.resid ** 2) / jnp.sum(weights > 0))
     result = FitResult(theta, cov, loss, state.n_iter, n_rejected, state.n_clean, good, converged,

@@ -36,6 +36,8 @@ DEGENERATE = 64            # a parameter has (almost) no effect: singular covari
 FLAG_NAMES = {NOT_CONVERGED: "not_converged", NONFINITE: "nonfinite", NEGATIVE_POLYNOMIAL:
               "negative_polynomial", AT_BOUND: "at_bound", FEW_PIXELS: "few_pixels",
               DEGENERATE: "degenerate"}
+FAILURES = NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS | DEGENERATE
+"""Flags that make a result not ``converged``."""
 MAX_VARIANCE_INFLATION = 1e10
 """Largest (JᵀJ)⁻¹_jj·(JᵀJ)_jj accepted; beyond it the errors are meaningless (e.g. σ so small
 that the truncated kernel is a single node, where neither mu nor σ changes the model)."""
@@ -65,7 +67,8 @@ def parameter_box(fm: ForwardModel):
     return lower, upper
 
 
-def _residual(theta, fm, data):
+def lm_residual(theta, fm, data):
+    """Residuals in the ``lm.run`` signature: data = (flux, weights) of one spectrum."""
     flux, weights = data
     return components(fm, theta, flux, weights).residuals
 
@@ -74,7 +77,7 @@ def _residual(theta, fm, data):
 def run_lm(fm: ForwardModel, theta, flux, weights, ftol, xtol, max_iter: int = 100, active=None):
     """LM on a batch (members with ``active`` False are skipped); returns ``lm.LMState``."""
     lower, upper = parameter_box(fm)
-    return lm.run(_residual, theta, fm, (flux, weights), lower=lower, upper=upper,
+    return lm.run(lm_residual, theta, fm, (flux, weights), lower=lower, upper=upper,
                   max_iter=max_iter, ftol=ftol, xtol=xtol, active=active)
 
 
@@ -198,7 +201,6 @@ def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = Fals
                                      max_iter=max_iter, loose=clean_tolerances == "pylasp")
     state = run_lm(fm, outcome.theta, flux, weights * outcome.mask, ftol, xtol, max_iter)
     cov, loss, flags = finish(fm, state, flux, weights, outcome.mask)
-    converged = (flags & (NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS
-                          | DEGENERATE)) == 0
+    converged = (flags & FAILURES) == 0
     return FitResult(state.theta, cov, loss, outcome.n_iter + state.n_iter, outcome.n_clean,
                      outcome.n_cycles, outcome.mask, converged, flags)

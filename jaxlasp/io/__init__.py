@@ -11,7 +11,8 @@ from jaxlasp.io.lamost import (
     read_lamost,
 )
 from jaxlasp.io.pylasp_group import read_pylasp_group
-from jaxlasp.io.tgm_files import ModelFileError, crop_to, read_tgm, tgm_from_group
+from jaxlasp.emulators.tgm import crop_to
+from jaxlasp.io.tgm_files import ModelFileError, read_tgm, tgm_from_group
 
 __all__ = [
     "FEW_GOOD_PIXELS", "NONFINITE_FLUX", "NONPOSITIVE_FLUX", "LamostSpectrum", "ModelFileError",

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlasp.emulators.tgm import N_TERMS, TGMEmulator, crop_to  # noqa: F401  (re-exported)
+from jaxlasp.emulators.tgm import N_TERMS, TGMEmulator
 from jaxlasp.grids import LinearGrid
 from jaxlasp.io._fits import read_hdus
 
