@@ -11,8 +11,15 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 import jaxlasp  # noqa: F401  (enables float64)
+
+# Property tests draw the same examples on every run, so CI cannot fail by chance; set
+# HYPOTHESIS_PROFILE=explore to search new examples.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLE = SHARED / "data" / "lamost-dr10-sample"
