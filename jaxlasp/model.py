@@ -74,10 +74,13 @@ def fold_resampling(emulator: TGMEmulator, grid: LogGrid, edges: str = "extrapol
     """Resample every coefficient plane onto ``grid`` once (ALGORITHM §k).
 
     The emulator is linear in its coefficients and the resampling is linear, so evaluating the
-    returned emulator equals resampling each model spectrum, up to round-off.
+    returned emulator equals resampling each model spectrum, up to round-off. The resampling runs
+    in float64 (when JAX allows it) and the result keeps the emulator's dtype.
     """
-    coef = jax.jit(_resample_to, static_argnums=(2, 3))(emulator, emulator.coef, grid, edges)
-    return emulator.replace_coef(coef, grid)
+    dtype = emulator.coef.dtype
+    wide = emulator.astype(jnp.float64 if jax.config.jax_enable_x64 else dtype)
+    coef = jax.jit(_resample_to, static_argnums=(2, 3))(wide, wide.coef, grid, edges)
+    return emulator.replace_coef(coef.astype(dtype), grid)
 
 
 def build_forward_model(emulator: TGMEmulator, grid: LogGrid, *, edges: str = "extrapolate",

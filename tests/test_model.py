@@ -127,3 +127,12 @@ def test_fold_equals_per_model_resampling(elodie):
 def test_grid_outside_model_is_an_error(elodie):
     with pytest.raises(ValueError, match="does not overlap"):
         build_forward_model(elodie, LogGrid(np.log(7000.0), LAMOST_LN_STEP, 100))
+
+
+def test_folding_keeps_a_float32_emulator_float32(elodie):
+    """Folding runs in float64 but returns float32 planes equal to the float64 ones rounded."""
+    fm64 = build_forward_model(elodie, GRID)
+    fm32 = build_forward_model(elodie.astype(jnp.float32), GRID)
+    assert fm32.emulator.coef.dtype == jnp.float32 and fm32.legendre.basis.dtype == jnp.float32
+    np.testing.assert_allclose(fm32.emulator.coef, fm64.emulator.coef, rtol=1e-6,
+                               atol=1e-6 * float(jnp.max(jnp.abs(fm64.emulator.coef))))
