@@ -10,7 +10,8 @@ import numpy as np
 from jaxlasp.emulators.tgm import TGMEmulator
 from jaxlasp.fit.driver import FLAG_NAMES, FitResult, fit_batch
 from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid
-from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model
+from jaxlasp.model import (
+    FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model, theta_from_physical)
 
 DEFAULT_START = (7500.0, 3.5, -0.5)
 """Start (Teff [K], log g, [Fe/H]) of PyLASP's shipped runs; mu = 0, σ = 1 pixel."""
@@ -36,12 +37,7 @@ def load_model(model) -> TGMEmulator:
 def start_points(start, batch: int) -> np.ndarray:
     """θ₀ (batch, 5) from (Teff, log g, [Fe/H]) or per-spectrum (batch, 3) starts; mu 0, σ 1 px."""
     start = np.broadcast_to(np.asarray(start, np.float64), (batch, 3))
-    theta = np.zeros((batch, 5))
-    theta[:, SIGMA] = 1.0
-    theta[:, LN_TEFF] = np.log(start[:, 0])
-    theta[:, LOGG] = start[:, 1]
-    theta[:, FEH] = start[:, 2]
-    return theta
+    return theta_from_physical(start[:, 0], start[:, 1], start[:, 2], rv=0.0, sigma_px=1.0)
 
 
 def check_start(theta0: np.ndarray, fm: ForwardModel) -> None:
