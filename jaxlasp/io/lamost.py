@@ -1,13 +1,17 @@
 """Read LAMOST low-resolution spectra (ALGORITHM §c) into host-side numpy arrays.
 
+``Spectrum`` (alias ``LamostSpectrum``) is also the type every other reader returns
+(``jaxlasp.io.readers``): a spectrum on an air ln-λ grid, truncated to a window.
+
 Public DR9/DR10 layout: HDU0 is a header holding the wavelength solution (CRVAL1 = log10 Å of pixel
 CRPIX1, CD1_1 or CDELT1 = log10 step, DC-FLAG = 1, VACUUM); HDU1 'COADD' is a one-row table with the
 columns FLUX, IVAR and ANDMASK (plus others that are not used). The internal layout (PyLASP's
 ``public=False``) instead stores an image in HDU0 whose rows are flux, ivar, (unused), andmask.
 
-Flags (bit values of ``LamostSpectrum.flags``, computed on the spectrum's own pixels):
+Flags (bit values of ``Spectrum.flags``, computed on the spectrum's own pixels):
 
-* ``NONFINITE_FLUX`` = 1: some flux value was NaN or ±inf and has been replaced (§c.6).
+* ``NONFINITE_FLUX`` = 1: some flux value was NaN or ±inf and has been replaced (§c.6). For a
+  resampled spectrum (DESI, arrays off a log-λ grid) a pixel without unmasked input data counts.
 * ``NONPOSITIVE_FLUX`` = 2: some finite flux value is ≤ 0.
 * ``FEW_GOOD_PIXELS`` = 4: at most 3 finite flux values; PyLASP refuses to fit such a spectrum.
 """
@@ -23,7 +27,7 @@ from jaxlasp.grids import LinearGrid, LogGrid, log_grid_inside, window_pixels
 from jaxlasp.io._fits import read_hdus
 
 NONFINITE_FLUX = 1
-"""Flag: some flux value was not finite and has been replaced."""
+"""Flag: some flux value was not finite (or had no unmasked data) and has been replaced."""
 NONPOSITIVE_FLUX = 2
 """Flag: some finite flux value is ≤ 0."""
 FEW_GOOD_PIXELS = 4
@@ -36,20 +40,22 @@ DEFAULT_WINDOW = (4200.0, 5700.0)
 
 
 class SpectrumFileError(ValueError):
-    """A file that cannot be read as a LAMOST spectrum for fitting."""
+    """A file that cannot be read as a spectrum for fitting."""
 
 
 @dataclass(frozen=True, eq=False)
-class LamostSpectrum:
-    """One LAMOST spectrum on a ln-λ grid (host-side numpy arrays, all of length ``grid.n``).
+class Spectrum:
+    """One spectrum on a ln-λ grid (host-side numpy arrays, all of length ``grid.n``).
 
-    id: file stem (LAMOST obsid for the public files, e.g. '3706009').
+    id: LAMOST: the file stem (the obsid for the public files, e.g. '3706009'); DESI: TARGETID.
     grid: the pixels' air-wavelength grid (uniform in ln λ [ln Å]).
-    flux: raw FLUX, float32, not normalised; non-finite values replaced (§c.6).
-    ivar: inverse variance, float32, with the same replacement.
-    andmask: LAMOST AND-mask bits, int32.
-    median: max(nanmedian(FLUX over all pixels of the file), 1), the normaliser of §c.3.
-    finite: bool, True where the flux was originally finite.
+    flux: flux, float32, not normalised (LAMOST: raw FLUX); non-finite values replaced (§c.6).
+    ivar: inverse variance [flux⁻²], float32, with the same replacement (0 where a resampled
+        spectrum has no unmasked data).
+    andmask: mask bits, int32, 0 = good (LAMOST ANDMASK; DESI MASK bits of a pixel left
+        without data by masking).
+    median: the normaliser of §c.3; LAMOST: max(nanmedian(FLUX over all pixels of the file), 1).
+    finite: bool, True where the flux was originally finite (resampled: had unmasked data).
     flags: bitwise OR of the module's flag constants.
     """
 
@@ -66,14 +72,18 @@ class LamostSpectrum:
         """flux / median, divided in float32 as PyLASP does, returned as float64."""
         return (self.flux / np.float32(self.median)).astype(np.float64)
 
-    def sub(self, first: int, n: int) -> "LamostSpectrum":
+    def sub(self, first: int, n: int) -> "Spectrum":
         """The spectrum of pixels ``first .. first+n-1`` (flags recomputed on them)."""
         part = slice(first, first + n)
         return _spectrum(self.id, self.grid.sub(first, n), self.flux[part], self.ivar[part],
                          self.andmask[part], self.median, self.finite[part])
 
 
-def read_lamost(path, window: tuple[float, float] = DEFAULT_WINDOW) -> LamostSpectrum:
+LamostSpectrum = Spectrum
+"""The spectrum type's original name, kept for existing code."""
+
+
+def read_lamost(path, window: tuple[float, float] = DEFAULT_WINDOW) -> Spectrum:
     """Read a LAMOST low-resolution FITS file and truncate it to ``window`` [Å] (§c.1–§c.6).
 
     The wavelength solution comes from the header (air wavelengths, §c.4). The median normaliser
@@ -85,19 +95,33 @@ def read_lamost(path, window: tuple[float, float] = DEFAULT_WINDOW) -> LamostSpe
     hdus = read_hdus(path, SpectrumFileError)
     flux, ivar, andmask = _read_arrays(hdus, path)
     grid = _log_grid(hdus[0].header, flux.size, path)
-    _check_covers(grid, window, path)
+    check_covers(grid, window, path)
     first, last = window_pixels(grid, *window)
-    part = slice(first, last + 1)
-    finite = np.isfinite(flux[part])
-    if not finite.any():
+    if not np.isfinite(flux[first:last + 1]).any():
         raise SpectrumFileError(f"{path}: no finite flux value in the window {window} Å")
     median = max(float(np.nanmedian(flux)), 1.0)
-    return _spectrum(file_stem(path), grid.sub(first, last - first + 1),
-                     fill_nonfinite(flux[part]), fill_nonfinite(ivar[part]), andmask[part], median,
-                     finite)
+    return windowed_spectrum(file_stem(path), grid, flux, ivar, andmask, median, window, path)
 
 
-def cut_to_grid(spectrum: LamostSpectrum, grid: LogGrid) -> LamostSpectrum:
+def windowed_spectrum(id_: str, grid: LogGrid, flux, ivar, andmask, median: float,
+                      window: tuple[float, float] | None, source) -> Spectrum:
+    """A ``Spectrum`` from full-length arrays on ``grid``, truncated to ``window`` [Å] (§c.5).
+
+    flux, ivar (float32) and andmask (int32) have length ``grid.n``; NaN/±inf values are
+    replaced by ``fill_nonfinite`` (§c.6) and ``finite`` records where the flux was finite.
+    ``window`` None keeps every pixel. Raises SpectrumFileError naming ``source`` (a path or a
+    description) when the grid does not cover the window.
+    """
+    first, last = 0, grid.n - 1
+    if window is not None:
+        check_covers(grid, window, source)
+        first, last = window_pixels(grid, *window)
+    part = slice(first, last + 1)
+    return _spectrum(id_, grid.sub(first, last - first + 1), fill_nonfinite(flux[part]),
+                     fill_nonfinite(ivar[part]), andmask[part], median, np.isfinite(flux[part]))
+
+
+def cut_to_grid(spectrum: Spectrum, grid: LogGrid) -> Spectrum:
     """The pixels of ``spectrum`` that coincide with ``grid``, which must be a sub-grid of its own.
 
     Raises ValueError if the two grids' steps differ, if ``grid`` starts a non-whole number of
@@ -122,7 +146,7 @@ def cut_to_grid(spectrum: LamostSpectrum, grid: LogGrid) -> LamostSpectrum:
     return spectrum.sub(k0, grid.n)
 
 
-def fit_grid(spectrum: LamostSpectrum, model_grid: LinearGrid) -> LogGrid:
+def fit_grid(spectrum: Spectrum, model_grid: LinearGrid) -> LogGrid:
     """The ln-λ grid PyLASP fits on: the spectrum's pixels inside the model's coverage (§c.8, §d.2).
 
     For the sample (window 4200–5700 Å, ELODIE 4199.1–5700.3 Å) these are LAMOST pixels 552..1878.
@@ -146,12 +170,12 @@ def fill_nonfinite(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _spectrum(id_, grid, flux, ivar, andmask, median, finite) -> LamostSpectrum:
-    """Assemble a LamostSpectrum, computing its flags."""
+def _spectrum(id_, grid, flux, ivar, andmask, median, finite) -> Spectrum:
+    """Assemble a Spectrum, computing its flags."""
     flags = ((NONFINITE_FLUX if not finite.all() else 0)
              | (NONPOSITIVE_FLUX if np.any(flux[finite] <= 0) else 0)
              | (FEW_GOOD_PIXELS if np.count_nonzero(finite) <= 3 else 0))
-    return LamostSpectrum(id_, grid, flux, ivar, andmask, median, finite, flags)
+    return Spectrum(id_, grid, flux, ivar, andmask, median, finite, flags)
 
 
 def _read_arrays(hdus, path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,8 +224,9 @@ def _log_grid(header: dict, n: int, path) -> LogGrid:
     return LogGrid(ln_start, step * ln10, n)
 
 
-def _check_covers(grid: LogGrid, window: tuple[float, float], path) -> None:
-    """The window must lie inside the spectrum (to PyLASP's 0.01-pixel tolerance of §c.5)."""
+def check_covers(grid: LogGrid, window: tuple[float, float], path) -> None:
+    """Raise SpectrumFileError (naming ``path``) unless the window [Å] lies inside ``grid``
+    (to PyLASP's 0.01-pixel tolerance of §c.5)."""
     lo, hi = window
     tol = 0.01 * grid.step
     if not (math.log(lo) >= grid.ln_start - tol
