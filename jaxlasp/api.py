@@ -10,6 +10,7 @@ import numpy as np
 from jaxlasp.emulators.tgm import TGMEmulator
 from jaxlasp.fit.driver import FLAG_NAMES, FitResult, fit_batch
 from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid
+from jaxlasp.io.lamost import file_stem
 from jaxlasp.model import (
     FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model, theta_from_physical)
 
@@ -146,45 +147,66 @@ def lamost_weights(spectrum, weighting: str) -> np.ndarray:
     return weights
 
 
+def empty_columns(n: int) -> dict[str, np.ndarray]:
+    """Result columns for ``n`` spectra that were not fitted: NaN values, flag ``READ_ERROR``."""
+    columns = {name: np.full(n, np.nan) for name in COLUMNS[1:-5]}
+    columns.update(n_iter=np.zeros(n, np.int64), n_clean=np.zeros(n, np.int64),
+                   converged=np.zeros(n, bool), flags=np.full(n, READ_ERROR, np.int64))
+    return columns
+
+
+def fit_spectra(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = False,
+                start=DEFAULT_START, weighting: str = "none", max_iter: int | None = None):
+    """Fit spectra already cut to ``fm.grid`` (``LamostSpectrum``-like) as one batch.
+
+    Returns (columns, reasons): the result columns of ``result_columns`` with the reader's flags
+    added (shifted by ``INPUT_FLAG_SHIFT``), and the names of the flags set per spectrum.
+    """
+    flux = np.stack([s.normalised_flux() for s in spectra])
+    weights = np.stack([lamost_weights(s, weighting) for s in spectra])
+    theta0 = start_points(start, len(spectra))
+    check_start(theta0, fm)
+    result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter)
+    columns = result_columns(result, fm.grid)
+    input_flags = np.array([s.flags for s in spectra], np.int64) << INPUT_FLAG_SHIFT
+    columns["flags"] = columns["flags"] | input_flags
+    return columns, [describe_flags(f) for f in columns["flags"]]
+
+
+def read_for_fit(path, grid: LogGrid, window) -> tuple[object, str]:
+    """(spectrum cut to ``grid``, "") for a readable LAMOST file, else (None, reason)."""
+    from jaxlasp.io import SpectrumFileError, cut_to_grid, read_lamost
+
+    try:
+        return cut_to_grid(read_lamost(path, tuple(window)), grid), ""
+    except (SpectrumFileError, ValueError, OSError) as err:
+        return None, str(err)
+
+
 def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DEFAULT_START,
               window=(4200.0, 5700.0), weighting: str = "none", max_iter: int | None = None):
     """Fit LAMOST DR9/DR10 low-resolution FITS files; returns an astropy Table in input order.
 
     A file that cannot be read (or does not cover the window) gets a row of NaNs with
-    ``converged = False``, flag ``READ_ERROR`` and the reason; the others are fitted.
+    ``converged = False``, flag ``READ_ERROR`` and the reason; the others are fitted as one batch.
+    For many files use ``jaxlasp.pipeline.run`` (groups, progress, resume).
     """
-    from jaxlasp.io import SpectrumFileError, cut_to_grid, read_lamost
-
     check_method(method)
     emulator = load_model(model)
     grid = lamost_fit_grid(emulator.grid, tuple(window))
     paths = [Path(p) for p in paths]
-    spectra, reasons = [], []
-    for path in paths:
-        try:
-            spectra.append(cut_to_grid(read_lamost(path, tuple(window)), grid))
-            reasons.append("")
-        except (SpectrumFileError, ValueError, OSError) as err:
-            spectra.append(None)
-            reasons.append(str(err))
+    spectra, reasons = zip(*(read_for_fit(p, grid, window) for p in paths)) if paths else ((), ())
+    reasons = list(reasons)
     ok = [i for i, s in enumerate(spectra) if s is not None]
-    columns = {name: np.full(len(paths), np.nan) for name in COLUMNS[1:-5]}
-    columns.update(n_iter=np.zeros(len(paths), np.int64), n_clean=np.zeros(len(paths), np.int64),
-                   converged=np.zeros(len(paths), bool),
-                   flags=np.full(len(paths), READ_ERROR, np.int64))
+    columns = empty_columns(len(paths))
     if ok:
         fm = build_forward_model(emulator, grid)
-        flux = np.stack([spectra[i].normalised_flux() for i in ok])
-        weights = np.stack([lamost_weights(spectra[i], weighting) for i in ok])
-        theta0 = start_points(start, len(ok))
-        check_start(theta0, fm)
-        result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter)
-        fitted = result_columns(result, grid)
-        input_flags = np.array([spectra[i].flags for i in ok], np.int64) << INPUT_FLAG_SHIFT
-        fitted["flags"] = fitted["flags"] | input_flags
+        fitted, fit_reasons = fit_spectra(fm, [spectra[i] for i in ok], method=method,
+                                          clean=clean, start=start, weighting=weighting,
+                                          max_iter=max_iter)
         for name, values in fitted.items():
             columns[name][ok] = values
         for k, i in enumerate(ok):
-            reasons[i] = describe_flags(fitted["flags"][k])
-    ids = [s.id if s is not None else p.stem for s, p in zip(spectra, paths)]
+            reasons[i] = fit_reasons[k]
+    ids = [s.id if s is not None else file_stem(p) for s, p in zip(spectra, paths)]
     return make_table(ids, columns, reasons)

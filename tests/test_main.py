@@ -1,10 +1,11 @@
-"""``python -m jaxlasp``: the README's main job on the embedded demo model."""
+"""``jaxlasp spectrum`` and ``jaxlasp info``: model spectra and model descriptions."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import ELODIE, need
-from jaxlasp.__main__ import main
+from jaxlasp.cli import main
 
 
 def rows(text):
@@ -14,7 +15,7 @@ def rows(text):
 
 def test_demo_spectrum_is_printed(capsys, monkeypatch):
     monkeypatch.delenv("JAXLASP_MODEL", raising=False)
-    assert main(["--full"]) == 0
+    assert main(["spectrum", "--full"]) == 0
     out = capsys.readouterr().out
     assert "DEMO model" in out
     table = rows(out)
@@ -23,18 +24,38 @@ def test_demo_spectrum_is_printed(capsys, monkeypatch):
 
 
 def test_out_of_domain_parameters_are_refused(capsys):
-    assert main(["--teff", "90000"]) == 2
+    assert main(["spectrum", "--teff", "90000"]) == 2
     assert "outside the model's valid domain" in capsys.readouterr().err
 
 
 def test_bad_model_file_is_refused(capsys, tmp_path):
     bad = tmp_path / "model.fits"
     bad.write_text("no")
-    assert main(["--model", str(bad)]) == 2
+    assert main(["spectrum", "--model", str(bad)]) == 2
     assert "model.fits" in capsys.readouterr().err
 
 
 def test_real_model_on_pylasp_grid(capsys):
-    assert main(["--model", str(need(ELODIE)), "--teff", "4800", "--logg", "2.5"]) == 0
+    assert main(["spectrum", "--model", str(need(ELODIE)), "--teff", "4800", "--logg", "2.5"]) == 0
     out = capsys.readouterr().out
     assert "1327 LAMOST pixels 4200.282-5700.046" in out
+
+
+def test_info_describes_the_demo_model(capsys, monkeypatch):
+    monkeypatch.delenv("JAXLASP_MODEL", raising=False)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "DEMO model" in out and "valid domain: Teff 3100–29971 K" in out
+
+
+def test_info_describes_the_elodie_model(capsys):
+    assert main(["info", str(need(ELODIE))]) == 0
+    out = capsys.readouterr().out
+    assert "wavelength: 4199.20–5700.20 Å, 7506 pixels" in out
+    assert "TGM version" in out and "23 terms" in out
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["frobnicate"])
+    assert stop.value.code == 2

@@ -1,0 +1,113 @@
+"""Catalog files: write and read result tables as CSV, ECSV, FITS or Parquet, atomically.
+
+The format follows the file name's suffix. Writing goes to a temporary file in the same folder
+that is then renamed over the target, so a reader never sees a half-written catalog and an
+interrupted run never destroys an earlier one. astropy (and pyarrow, for Parquet) are imported
+lazily.
+"""
+from __future__ import annotations
+
+import os
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits",
+           ".parquet": "parquet"}
+"""Catalog formats by file-name suffix (astropy's format names)."""
+
+
+class CatalogError(ValueError):
+    """A catalog path that cannot be written or read (unknown format, missing folder, corrupt)."""
+
+
+def catalog_format(path) -> str:
+    """astropy's format name for ``path`` from its suffix; CatalogError for an unknown one."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise CatalogError(f"{path}: unknown catalog format {suffix!r}; use one of "
+                           f"{', '.join(sorted(FORMATS))}")
+    if FORMATS[suffix] == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as err:
+            raise CatalogError(f"{path}: writing Parquet needs pyarrow "
+                               "(python -m pip install 'jaxlasp[parquet]')") from err
+    return FORMATS[suffix]
+
+
+def check_writable(path) -> None:
+    """Raise CatalogError unless a catalog can be created at ``path`` (format and folder)."""
+    path = Path(path)
+    catalog_format(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise CatalogError(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CatalogError(f"{path}: not writable")
+
+
+def write_catalog(table, path) -> None:
+    """Write ``table`` to ``path`` (format from the suffix) atomically: temp file, then rename."""
+    path = Path(path)
+    fmt = catalog_format(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if fmt == "parquet":
+            _write_parquet(table, tmp)
+        else:
+            with warnings.catch_warnings():  # FITS has no 'dex': those units are dropped there
+                warnings.filterwarnings("ignore", message=".*could not be saved in native FITS")
+                table.write(tmp, format=fmt, overwrite=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_catalog(path):
+    """An astropy Table from a catalog written by ``write_catalog``; CatalogError if unreadable."""
+    from astropy.table import Table
+
+    fmt = catalog_format(path)
+    try:
+        table = _read_parquet(path) if fmt == "parquet" else Table.read(path, format=fmt)
+    except Exception as err:  # astropy raises many types for corrupt files
+        raise CatalogError(f"{path}: cannot read the catalog ({err})") from err
+    for name in ("id", "path", "reason"):  # CSV: numeric ids read as ints, "" as masked
+        if name in table.colnames:
+            table[name] = np.asarray(["" if np.ma.is_masked(v) else str(v)
+                                      for v in table[name]], dtype=str)
+    if "converged" in table.colnames and table["converged"].dtype.kind in "USO":
+        table["converged"] = np.isin(np.asarray(table["converged"], str), ("True", "true", "1"))
+    return table
+
+
+def _write_parquet(table, path) -> None:
+    """Columns as Parquet columns, units and table meta as JSON in the schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    units = {n: str(table[n].unit) for n in table.colnames if table[n].unit is not None}
+    arrow = pa.table({n: np.asarray(table[n]) for n in table.colnames})
+    meta = {b"jaxlasp.units": json.dumps(units).encode(),
+            b"jaxlasp.meta": json.dumps(dict(table.meta)).encode()}
+    pq.write_table(arrow.replace_schema_metadata(meta), path)
+
+
+def _read_parquet(path):
+    """An astropy Table from a Parquet file written by ``_write_parquet`` (or any flat one)."""
+    import pyarrow.parquet as pq
+    from astropy.table import Table
+
+    arrow = pq.read_table(path)
+    meta = arrow.schema.metadata or {}
+    table = Table({n: arrow.column(n).to_numpy() for n in arrow.column_names},
+                  meta=json.loads(meta.get(b"jaxlasp.meta", b"{}")))
+    for name, unit in json.loads(meta.get(b"jaxlasp.units", b"{}")).items():
+        table[name].unit = unit
+    return table

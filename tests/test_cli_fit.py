@@ -1,0 +1,128 @@
+"""``jaxlasp fit`` end to end on the real LAMOST sample: catalog formats, PyLASP agreement, resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ELODIE, SAMPLE, need
+from jaxlasp.cli import main
+from jaxlasp.compare import differences, format_differences, read_pylasp_csv
+from jaxlasp.io.catalog import read_catalog
+from test_lm_reference import MAXIMUM, MEDIAN
+
+REPO = Path(__file__).resolve().parents[1]
+NUMERIC = ("rv", "rv_err", "teff", "teff_err", "logg", "logg_err", "feh", "feh_err", "sigma",
+           "loss")
+
+
+def fit_args(output, *extra):
+    return ["fit", str(need(SAMPLE / "fits")), "--model", str(need(ELODIE)), "-o", str(output),
+            "--group-size", "10", "-q", *extra]
+
+
+@pytest.fixture(scope="module")
+def catalogs(tmp_path_factory):
+    """The sample fitted by the CLI into a CSV, a FITS and a Parquet catalog."""
+    pytest.importorskip("pyarrow")
+    folder = tmp_path_factory.mktemp("catalogs")
+    out = {}
+    for suffix in ("csv", "fits", "parquet"):
+        path = folder / f"catalog.{suffix}"
+        assert main(fit_args(path)) == 0
+        out[suffix] = read_catalog(path)
+    return out
+
+
+@pytest.mark.parametrize("suffix", ["csv", "fits", "parquet"])
+def test_catalog_matches_pylasp_curvefit(catalogs, suffix):
+    table = catalogs[suffix]
+    paths = sorted(str(p) for p in (SAMPLE / "fits").glob("*.fits"))
+    assert sorted(table["path"]) == paths  # every input exactly once
+    assert list(table["id"]) == [Path(p).stem for p in paths]  # in input order
+    assert table["converged"].dtype == bool and np.all(table["converged"])
+    assert np.all((table["flags"] & 0xFF) == 0)  # reader flags (≥ 256) say some flux ≤ 0
+    reference = read_pylasp_csv(need(SAMPLE / "reference_pylasp_curvefit_noclean.csv"))
+    diff = differences(table, reference)
+    print(f"\n{suffix} catalog − PyLASP CurveFit (No Clean):\n{format_differences(diff)}")
+    assert len(diff["id"]) >= 14
+    for q in MEDIAN:
+        assert np.median(np.abs(diff[q])) <= MEDIAN[q], q
+        assert np.max(np.abs(diff[q])) <= MAXIMUM[q], q
+
+
+def test_formats_hold_the_same_numbers(catalogs):
+    csv, fits, parquet = catalogs["csv"], catalogs["fits"], catalogs["parquet"]
+    for name in NUMERIC:
+        np.testing.assert_allclose(fits[name], parquet[name], rtol=0, atol=0, err_msg=name)
+        np.testing.assert_allclose(csv[name], parquet[name], rtol=1e-12, err_msg=name)
+    assert fits["teff"].unit == "K" and parquet["rv"].unit == "km / s"
+
+
+def test_existing_catalog_is_not_overwritten_without_resume(catalogs, tmp_path, capsys):
+    path = tmp_path / "c.csv"
+    path.write_text("keep me")
+    assert main(fit_args(path)) == 2
+    assert "--resume" in capsys.readouterr().err and path.read_text() == "keep me"
+
+
+def test_resume_of_a_finished_catalog_fits_nothing(catalogs, tmp_path):
+    path = tmp_path / "c.ecsv"
+    assert main(fit_args(path)) == 0
+    before = path.read_bytes()
+    assert main(fit_args(path, "--resume")) == 0
+    assert path.read_bytes() == before
+
+
+def _cli(output, *extra):
+    """The CLI as a child process (so that it can be killed)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "jaxlasp", *fit_args(output, *extra)]
+    cmd[cmd.index("--group-size") + 1] = "5"
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_and_resume_gives_the_uninterrupted_catalog(catalogs, tmp_path):
+    output = tmp_path / "killed.csv"
+    parts = tmp_path / "killed.csv.parts"
+    child = _cli(output)
+    deadline = time.monotonic() + 300
+    while not (parts.is_dir() and len(list(parts.glob("part-*.ecsv"))) >= 2):
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, "no part file appeared"
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)  # the harshest interruption: no clean-up at all
+    child.wait()
+    assert not output.exists()
+    written = len(list(parts.glob("part-*.ecsv")))
+    assert 2 <= written < 5, "the run finished before it was killed"
+    resumed = _cli(output, "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert not parts.exists()
+    table, whole = read_catalog(output), catalogs["csv"]
+    assert list(table["path"]) == list(whole["path"])  # no duplicate, none missing, same order
+    for name in NUMERIC:
+        np.testing.assert_allclose(table[name], whole[name], rtol=1e-7, atol=1e-9, err_msg=name)
+
+
+def test_plot_a_fit_and_a_catalog_row(catalogs, tmp_path, capsys):
+    spectrum = str(need(SAMPLE / "fits" / "3706009.fits"))
+    catalog = tmp_path / "c.ecsv"
+    assert main(fit_args(catalog)) == 0
+    for extra in (["--clean"], ["--from-catalog", str(catalog)]):
+        image = tmp_path / f"fit{len(extra)}.png"
+        assert main(["plot", spectrum, "--model", str(ELODIE), "-o", str(image), *extra]) == 0
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size > 20_000
+    other = tmp_path / "other.ecsv"
+    table = read_catalog(catalog)
+    table[table["id"] != "3706009"].write(other)  # a catalog without this spectrum
+    assert main(["plot", spectrum, "--model", str(ELODIE), "--from-catalog", str(other)]) == 2
+    assert "no row for spectrum 3706009" in capsys.readouterr().err
