@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from jaxlasp.emulators.tgm import TGMEmulator
 from jaxlasp.fit.driver import FLAG_NAMES, FitResult, fit_batch
 from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid
-from jaxlasp.io.lamost import file_stem
+from jaxlasp.io.lamost import (
+    FEW_GOOD_PIXELS, NONFINITE_FLUX, NONPOSITIVE_FLUX, Spectrum, file_stem)
 from jaxlasp.model import (
     FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model, theta_from_physical)
 
@@ -70,9 +70,16 @@ def result_columns(result: FitResult, grid: LogGrid) -> dict[str, np.ndarray]:
     }
 
 
+RESULT_FLAG_NAMES = {**FLAG_NAMES, READ_ERROR: "read_error",
+                     NONFINITE_FLUX << INPUT_FLAG_SHIFT: "nonfinite_flux",
+                     NONPOSITIVE_FLUX << INPUT_FLAG_SHIFT: "nonpositive_flux",
+                     FEW_GOOD_PIXELS << INPUT_FLAG_SHIFT: "few_good_pixels"}
+"""Names of every bit of a result's ``flags``: the fit's, READ_ERROR, and the reader's."""
+
+
 def describe_flags(flags: int) -> str:
-    """Comma-separated names of the fit flags set in ``flags`` ("" when none)."""
-    return ",".join(name for bit, name in FLAG_NAMES.items() if int(flags) & bit)
+    """Comma-separated names of the flags set in ``flags`` ("" when none)."""
+    return ",".join(name for bit, name in RESULT_FLAG_NAMES.items() if int(flags) & bit)
 
 
 def make_table(ids: Sequence[str], columns: dict, reasons: Sequence[str]):
@@ -173,40 +180,59 @@ def fit_spectra(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = 
     return columns, [describe_flags(f) for f in columns["flags"]]
 
 
-def read_for_fit(path, grid: LogGrid, window) -> tuple[object, str]:
-    """(spectrum cut to ``grid``, "") for a readable LAMOST file, else (None, reason)."""
-    from jaxlasp.io import SpectrumFileError, cut_to_grid, read_lamost
+class ReadResult(NamedTuple):
+    """One spectrum of a file, cut to the fit grid (``spectrum``), or why not (``reason``)."""
+
+    id: str
+    spectrum: Spectrum | None
+    reason: str
+
+
+def read_for_fit(path, grid: LogGrid, window, format: str = "auto") -> list[ReadResult]:
+    """The spectra of one file (LAMOST, DESI or any registered format) cut to ``grid``.
+
+    A file that cannot be read gives one ReadResult without spectrum (id: the file stem); a
+    spectrum of a readable file that does not cover the grid gives one for that spectrum only.
+    """
+    from jaxlasp.io import SpectrumFileError, cut_to_grid, read_spectra
 
     try:
-        return cut_to_grid(read_lamost(path, tuple(window)), grid), ""
+        spectra = read_spectra(path, format, tuple(window))
     except (SpectrumFileError, ValueError, OSError) as err:
-        return None, str(err)
+        return [ReadResult(file_stem(path), None, str(err))]
+    results = []
+    for spectrum in spectra:
+        try:
+            results.append(ReadResult(spectrum.id, cut_to_grid(spectrum, grid), ""))
+        except ValueError as err:
+            results.append(ReadResult(spectrum.id, None, f"{path}: {err}"))
+    return results
 
 
 def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DEFAULT_START,
               window=(4200.0, 5700.0), weighting: str = "none", max_iter: int | None = None):
-    """Fit LAMOST DR9/DR10 low-resolution FITS files; returns an astropy Table in input order.
+    """Fit spectrum files (LAMOST DR9/DR10, DESI coadds, … see ``jaxlasp.io.read_spectra``);
+    returns an astropy Table with one row per spectrum, in input order.
 
-    A file that cannot be read (or does not cover the window) gets a row of NaNs with
-    ``converged = False``, flag ``READ_ERROR`` and the reason; the others are fitted as one batch.
+    A file that cannot be read (or a spectrum that does not cover the window) gets a row of NaNs
+    with ``converged = False``, flag ``READ_ERROR`` and the reason; the others are fitted as one
+    batch.
     For many files use ``jaxlasp.pipeline.run`` (groups, progress, resume).
     """
     check_method(method)
     emulator = load_model(model)
     grid = lamost_fit_grid(emulator.grid, tuple(window))
-    paths = [Path(p) for p in paths]
-    spectra, reasons = zip(*(read_for_fit(p, grid, window) for p in paths)) if paths else ((), ())
-    reasons = list(reasons)
-    ok = [i for i, s in enumerate(spectra) if s is not None]
-    columns = empty_columns(len(paths))
+    reads = [r for p in paths for r in read_for_fit(p, grid, window)]
+    reasons = [r.reason for r in reads]
+    ok = [i for i, r in enumerate(reads) if r.spectrum is not None]
+    columns = empty_columns(len(reads))
     if ok:
         fm = build_forward_model(emulator, grid)
-        fitted, fit_reasons = fit_spectra(fm, [spectra[i] for i in ok], method=method,
+        fitted, fit_reasons = fit_spectra(fm, [reads[i].spectrum for i in ok], method=method,
                                           clean=clean, start=start, weighting=weighting,
                                           max_iter=max_iter)
         for name, values in fitted.items():
             columns[name][ok] = values
         for k, i in enumerate(ok):
             reasons[i] = fit_reasons[k]
-    ids = [s.id if s is not None else file_stem(p) for s, p in zip(spectra, paths)]
-    return make_table(ids, columns, reasons)
+    return make_table([r.id for r in reads], columns, reasons)

@@ -60,6 +60,9 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
                         metavar="LO,HI", help="wavelength window [Å] (default 4200,5700)")
     parser.add_argument("--weighting", choices=("none", "ivar"), default="none",
                         help="pixel weights: none (PyLASP) or ivar (IVAR and ANDMASK)")
+    parser.add_argument("--format", default="auto",
+                        help="input format: auto (recognise each file), lamost, desi, or another "
+                             "registered reader")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("spectrum", metavar="SPECTRUM", help="spectrum file")
     _model_option(plot)
     _fit_options(plot)
+    plot.add_argument("--index", type=int, default=0,
+                      help="which spectrum of a multi-spectrum file (default 0)")
     plot.add_argument("--from-catalog", metavar="CATALOG",
                       help="take the parameters from this catalog's row for the spectrum "
                            "instead of fitting")
@@ -193,7 +198,8 @@ def cmd_fit(args) -> int:
     check_domain(emulator, *args.start, "--start")
     options = FitOptions(method=args.method, clean=args.clean, start=tuple(args.start),
                          window=tuple(args.window), weighting=args.weighting,
-                         max_iter=args.max_iter, group_size=args.group_size)
+                         max_iter=args.max_iter, group_size=args.group_size,
+                         format=args.format)
     log.info("model: %s", source)
     try:
         summary = run(args.paths, emulator, args.output, options, resume=args.resume,
@@ -279,9 +285,13 @@ def cmd_plot(args) -> int:
     emulator, _ = load_model(args.model)
     check_domain(emulator, *args.start, "--start")
     fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, tuple(args.window)))
-    spectrum, reason = read_for_fit(Path(args.spectrum), fm.grid, args.window)
+    reads = read_for_fit(Path(args.spectrum), fm.grid, args.window, args.format)
+    if args.index >= len(reads):
+        raise UsageError(f"{args.spectrum} holds {len(reads)} spectra; --index {args.index} "
+                         "is out of range")
+    spectrum = reads[args.index].spectrum
     if spectrum is None:
-        raise UsageError(reason)
+        raise UsageError(reads[args.index].reason)
     flux = spectrum.normalised_flux()
     weights = lamost_weights(spectrum, args.weighting)
     if args.from_catalog:

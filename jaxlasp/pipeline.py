@@ -29,8 +29,8 @@ from jaxlasp.api import (
     COLUMNS, DEFAULT_START, READ_ERROR, check_method, check_start, empty_columns, fit_spectra, load_model,
     make_table, read_for_fit, start_points)
 from jaxlasp.grids import lamost_fit_grid
+from jaxlasp.io import get_reader
 from jaxlasp.io.catalog import check_writable, read_catalog, write_catalog
-from jaxlasp.io.lamost import file_stem
 from jaxlasp.model import ForwardModel, build_forward_model
 
 log = logging.getLogger("jaxlasp")
@@ -54,6 +54,7 @@ class FitOptions:
     weighting: str = "none"
     max_iter: int | None = None
     group_size: int = 64
+    format: str = "auto"
 
 
 class Record(NamedTuple):
@@ -117,13 +118,11 @@ def expand_inputs(paths: Iterable) -> list[Path]:
     return found
 
 
-def read_records(path: Path, fm: ForwardModel, window) -> list[Record]:
-    """The catalog records of one input file (one per spectrum, or one failure record)."""
-    if not path.exists():
-        return [Record(str(path), file_stem(path), None, f"{path}: no such file", True)]
-    spectrum, reason = read_for_fit(path, fm.grid, window)
-    return [Record(str(path), spectrum.id if spectrum is not None else file_stem(path),
-                   spectrum, reason, True)]
+def read_records(path: Path, fm: ForwardModel, window, format: str = "auto") -> list[Record]:
+    """The catalog records of one input file: one per spectrum, or one saying why none."""
+    reads = read_for_fit(path, fm.grid, window, format)
+    return [Record(str(path), r.id, r.spectrum, r.reason, k == len(reads) - 1)
+            for k, r in enumerate(reads)]
 
 
 # ---------------------------------------------------------------- grouping
@@ -299,6 +298,8 @@ def run(inputs, model, output, options: FitOptions = FitOptions(), *, resume: bo
     check_method(options.method)
     if options.group_size < 1:
         raise ValueError(f"group size must be ≥ 1, not {options.group_size}")
+    if options.format != "auto":
+        get_reader(options.format)  # ValueError naming the registered readers
     output = Path(output)
     check_writable(output)
     if not resume and (output.exists() or parts_folder(output).exists()):
@@ -317,7 +318,7 @@ def run(inputs, model, output, options: FitOptions = FitOptions(), *, resume: bo
 
     def records():
         for path in todo:
-            for record in read_records(path, fm, options.window):
+            for record in read_records(path, fm, options.window, options.format):
                 if (record.path, record.id) not in keys:
                     yield record
 

@@ -55,7 +55,7 @@ def plot_recovery(truth: dict, fitted: dict, path, title: str = "") -> None:
         ax.plot(true, fit - true, ".", ms=3)
         ax.axhline(0, color="tab:red", lw=0.6)
         ax.set_xlabel(f"true {label}")
-        ax.set_ylabel(f"fitted − true")
+        ax.set_ylabel("fitted − true")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
