@@ -317,7 +317,10 @@ def cmd_plot(args) -> int:
 def cmd_demo(args) -> int:
     from jaxlasp.demo_run import run_demo
 
-    return run_demo(n=args.n, snr=args.snr, seed=args.seed, output_dir=Path(args.output_dir))
+    try:
+        return run_demo(n=args.n, snr=args.snr, seed=args.seed, output_dir=Path(args.output_dir))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 COMMANDS = {"fit": cmd_fit, "demo": cmd_demo, "plot": cmd_plot, "info": cmd_info,
