@@ -278,7 +278,8 @@ def cmd_plot(args) -> int:
     import jax.numpy as jnp
 
     from jaxlasp.api import fit, lamost_weights, read_for_fit, result_columns, start_points
-    from jaxlasp.grids import C_KMS, lamost_fit_grid
+    from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.mock import kms_to_pixels
     from jaxlasp.model import build_forward_model, components, theta_from_physical
     from jaxlasp.plot import plot_fit
 
@@ -296,8 +297,8 @@ def cmd_plot(args) -> int:
     weights = lamost_weights(spectrum, args.weighting)
     if args.from_catalog:
         row = _catalog_row(args.from_catalog, spectrum.id, args.spectrum)
-        sigma_px = np.log1p(row["sigma"] / C_KMS) / fm.grid.step
-        theta = theta_from_physical(row["teff"], row["logg"], row["feh"], row["rv"], sigma_px)
+        theta = theta_from_physical(row["teff"], row["logg"], row["feh"], row["rv"],
+                                    kms_to_pixels(row["sigma"], fm.grid.step))
         used, label = weights > 0, f"parameters from {args.from_catalog}"
     else:
         result = fit(fm, start_points(args.start, 1), flux[None], weights[None],
