@@ -1,0 +1,202 @@
+"""The line-list (blase3D) emulator: profile, banded evaluation, cloning, identification,
+interpolation, differentiability."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.interpolate import RegularGridInterpolator
+from scipy.special import voigt_profile
+from scipy.stats import cauchy, norm
+
+from conftest import ELODIE
+from jaxlasp.emulators import lines as L
+from jaxlasp.emulators.tgm import Domain, crop_to
+from jaxlasp.grids import LinearGrid
+
+widths = st.floats(0.05, 3.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sigma=widths, gamma=widths)
+def test_pseudo_voigt_close_to_voigt(sigma, gamma):
+    """Within 1.5 % of the true Voigt profile's peak everywhere (Ida et al.: ~1 %)."""
+    x = np.linspace(-20.0, 20.0, 4001) * (sigma + gamma)
+    exact = voigt_profile(x, sigma, gamma)
+    approx = np.asarray(L.pseudo_voigt(jnp.asarray(x), sigma, gamma))
+    assert np.max(np.abs(approx - exact)) < 0.015 * exact.max()
+
+
+@settings(max_examples=30, deadline=None)
+@given(sigma=widths, gamma=widths)
+def test_pseudo_voigt_area_and_fwhm(sigma, gamma):
+    """Unit area (Lorentz part within ±R: (2/π) arctan(R/(f/2))); V(f/2) = V(0)/2 exactly."""
+    f, eta = (float(v) for v in L.tch_width_eta(sigma, gamma))
+    reach = 200.0 * f
+    x = np.linspace(-reach, reach, 400_001)
+    area = np.trapezoid(np.asarray(L.pseudo_voigt(jnp.asarray(x), sigma, gamma)), x)
+    expected = (1.0 - eta) + eta * 2.0 / np.pi * np.arctan(reach / (0.5 * f))
+    assert area == pytest.approx(expected, rel=1e-6)
+    peak, half = (float(L.pseudo_voigt(d, sigma, gamma)) for d in (0.0, 0.5 * f))
+    assert half == pytest.approx(0.5 * peak, rel=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(width=widths)
+def test_pseudo_voigt_limits(width):
+    """γ = 0 gives the Gaussian of σ; σ = 0 the Lorentzian of HWHM γ (η(1) = 1.00000)."""
+    x = np.linspace(-10.0, 10.0, 101) * width
+    gauss = np.asarray(L.pseudo_voigt(jnp.asarray(x), width, 0.0))
+    np.testing.assert_allclose(gauss, norm.pdf(x, scale=width), rtol=1e-12)
+    lorentz = np.asarray(L.pseudo_voigt(jnp.asarray(x), 0.0, width))
+    np.testing.assert_allclose(lorentz, cauchy.pdf(x, scale=width), rtol=2e-5)
+
+
+def _lines(mu, ln_amp, sigma, gamma):
+    return L.Lines(*(jnp.asarray(np.asarray(v, np.float64)) for v in (mu, ln_amp, sigma, gamma)))
+
+
+def _random_lines(rng, grid, k, depth=(0.05, 0.6)):
+    """k lines at pixel centres (so detection recovers the same centres) with random shapes."""
+    pixel = np.sort(rng.choice(np.arange(20, grid.n - 20, 12), k, replace=False))
+    sigma = rng.uniform(0.15, 0.35, k)
+    gamma = rng.uniform(0.01, 0.08, k)
+    peak = np.asarray(L.pseudo_voigt(0.0, jnp.asarray(sigma), jnp.asarray(gamma)))
+    return _lines(grid.centres[pixel], np.log(rng.uniform(*depth, k) / peak), sigma, gamma)
+
+
+def test_banded_equals_dense():
+    """A window as wide as the grid reproduces the dense product; a cut one differs by the wings."""
+    grid = LinearGrid(5000.0, 0.2, 201)
+    lines = _random_lines(np.random.default_rng(0), grid, 8)
+    dense = np.asarray(L.dense_transmission(lines, jnp.asarray(grid.centres)))
+    full = np.asarray(L.transmission(lines, grid, halfwidth=100))
+    np.testing.assert_allclose(full, dense, rtol=0, atol=1e-13)
+    cut = np.asarray(L.transmission(lines, grid, halfwidth=40))
+    assert 0 < np.max(np.abs(cut - dense)) < 2e-3
+    with pytest.raises(ValueError, match="exceeds"):
+        L.transmission(lines, grid, halfwidth=101)
+
+
+def test_clone_recovers_injected_lines():
+    grid = LinearGrid(5000.0, 0.2, 400)
+    truth = _random_lines(np.random.default_rng(1), grid, 10)
+    target = np.asarray(L.transmission(truth, grid, 64))
+    found = L.detect_lines(target)
+    assert found.pixel.size == 10
+    start, mask = L.initial_lines(found, grid, 12)
+    before = np.sqrt(np.mean((np.asarray(L.transmission(_lines(*start), grid, 64)) - target) ** 2))
+    fitted, rms = L.clone_batch(target[None], L.Lines(*(p[None] for p in start)), mask[None],
+                                grid, 64, epochs=300)
+    assert rms[0] < 0.1 * before and rms[0] < 5e-3
+    np.testing.assert_allclose(fitted.mu[0, :10], truth.mu, atol=0.02)
+    np.testing.assert_allclose(np.exp(fitted.ln_amp[0, :10]), np.exp(truth.ln_amp), rtol=0.1)
+    assert np.all(fitted.ln_amp[0, 10:] == L.MISSING_LN_AMP)
+
+
+def test_identify_lines_fill():
+    keys = [L.centre_keys([5000.0, 5000.2]), L.centre_keys([5000.2, 5001.0])]
+    fitted = L.Lines(np.array([[5000.01, 5000.21], [5000.19, 5001.02]]),
+                     np.array([[-1.0, -2.0], [-3.0, -4.0]]), np.array([[0.1, 0.2], [0.4, 0.5]]),
+                     np.array([[0.01, 0.02], [0.04, 0.05]]))
+    merged, union = L.identify_lines(keys, fitted)
+    np.testing.assert_array_equal(union, [500000, 500020, 500100])
+    np.testing.assert_array_equal(merged.ln_amp, [[-1.0, -2.0, -1000.0], [-1000.0, -3.0, -4.0]])
+    np.testing.assert_allclose(merged.mu, [[5000.01, 5000.21, 5001.0], [5000.0, 5000.19, 5001.02]])
+    np.testing.assert_allclose(merged.sigma, [[0.1, 0.2, 0.5], [0.1, 0.4, 0.5]])
+
+
+AXES = ((4000.0, 5000.0, 6500.0), (1.0, 3.0), (-1.0, 0.0, 0.5))
+
+
+def test_interpolate_matches_scipy_and_nodes():
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(3, 2, 3, 4))
+    points = np.column_stack([rng.uniform(a[0], a[-1], 50) for a in AXES])
+    ours = np.stack([np.asarray(L.interpolate(jnp.asarray(values), AXES, *p)) for p in points])
+    ref = RegularGridInterpolator(AXES, values)(points)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-13)
+    for idx in np.ndindex(3, 2, 3):
+        node = [a[i] for a, i in zip(AXES, idx)]
+        np.testing.assert_allclose(L.interpolate(jnp.asarray(values), AXES, *node), values[idx],
+                                   atol=1e-14)
+
+
+def _synthetic_emulator(amplitude):
+    """A hand-made emulator: 6 lines whose parameters vary smoothly over the AXES grid."""
+    grid = LinearGrid(5000.0, 0.2, 300)
+    rng = np.random.default_rng(3)
+    t, g, z = np.meshgrid(*(np.asarray(a) for a in AXES), indexing="ij")
+    base = _random_lines(rng, grid, 6)
+    x = ((t - 5000.0) / 1000.0 + 0.1 * g + 0.2 * z)[..., None]
+    lines = _lines(base.mu + 0.03 * x, base.ln_amp + 0.5 * x, base.sigma * (1 + 0.1 * x),
+                   base.gamma * (1 + 0.2 * x))
+    lines = lines._replace(ln_amp=lines.ln_amp.at[0, 0, 0, 2].set(L.MISSING_LN_AMP))
+    continuum = jnp.asarray(np.stack([1 + 0.01 * x[..., 0], 0.02 * x[..., 0]], axis=-1))
+    dom = Domain(*((a[0], a[-1]) for a in AXES))
+    return L.LineListEmulator(lines, continuum, grid, AXES, dom, 40, amplitude=amplitude)
+
+
+@pytest.mark.parametrize("amplitude", ["log", "linear"])
+def test_emulator_gradient_matches_finite_differences(amplitude):
+    em = _synthetic_emulator(amplitude)
+    flux = jax.jit(L.linelist_flux)
+    weights = jnp.asarray(np.random.default_rng(4).normal(size=em.grid.n))
+    for teff, logg, feh in [(4400.0, 2.1, -0.3), (5600.0, 1.4, 0.2)]:
+        def f(x, logg=logg, feh=feh):
+            return jnp.dot(weights, flux(em, x[0], x[1], x[2]))
+        x = jnp.array([teff, logg, feh])
+        grad = np.asarray(jax.grad(f)(x))
+        assert np.all(np.isfinite(grad))
+        for i, h in enumerate((0.5, 1e-4, 1e-4)):
+            e = jnp.zeros(3).at[i].set(h)
+            fd = (f(x + e) - f(x - e)) / (2 * h)
+            assert grad[i] == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
+
+
+def test_emulator_at_nodes_and_crop():
+    """At a node the emulator gives that node's lines; a crop keeps the same flux on its pixels."""
+    em = _synthetic_emulator("log")
+    node = (5000.0, 3.0, 0.0)
+    at_node = L.Lines(*(p[1, 1, 1] for p in em.lines))
+    np.testing.assert_allclose(L.normalised_flux(em, *node), L.transmission(at_node, em.grid, 40),
+                               atol=1e-14)
+    cropped = L.crop_linelist(em, 5012.0, 5050.0)
+    first = round((cropped.grid.start - em.grid.start) / em.grid.step)
+    full = np.asarray(L.linelist_flux(em, 4800.0, 2.0, -0.2))
+    part = np.asarray(L.linelist_flux(cropped, 4800.0, 2.0, -0.2))
+    # away from the edges, where the windows of lines near or beyond them are shifted inside
+    inside = slice(2 * em.halfwidth + 1, cropped.grid.n - 2 * em.halfwidth - 1)
+    np.testing.assert_allclose(part[inside], full[first:first + cropped.grid.n][inside],
+                               atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def tgm_small():
+    """ELODIE (or the demo model when absent) cropped to 4400–4600 Å."""
+    if ELODIE.exists():
+        from jaxlasp.io import read_tgm
+        tgm = read_tgm(ELODIE)
+    else:
+        from jaxlasp.emulators.demo import demo_emulator
+        tgm = demo_emulator()
+    return crop_to(tgm, 4400.0, 4600.0)
+
+
+def test_build_emulator_end_to_end(tgm_small):
+    """Clones are close to the source spectra at the nodes; the flux differentiates in Teff."""
+    source = L.source_grid(tgm_small, [5000.0, 6000.0], [3.5, 4.5], [-0.5, 0.0])
+    assert source.normalised.shape == (2, 2, 2, tgm_small.grid.n)
+    em, report = L.build_linelist_emulator(source, halfwidth=32, epochs=100, chunk=8)
+    assert np.all(report.n_lines > 20)
+    assert np.all(report.rms < 0.03)
+    assert em.lines.mu.shape == (2, 2, 2, report.keys.size)
+    clone = np.asarray(L.linelist_flux(em, 6000.0, 3.5, 0.0))
+    original = source.flux[1, 0, 1]
+    assert np.sqrt(np.mean((clone / original - 1) ** 2)) < 0.03
+    grad = jax.grad(lambda t: jnp.sum(L.linelist_flux(em.with_amplitude("linear"), t, 4.0,
+                                                      -0.2)))(5500.0)
+    assert np.isfinite(grad) and grad != 0
