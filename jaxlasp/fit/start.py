@@ -1,0 +1,265 @@
+"""Global start: a coarse grid scored by the variable-projection χ², then fits from the best few.
+
+A local optimiser started from one fixed point (PyLASP: 7500 K, 3.5, −0.5) can end in a false
+minimum: the TGM emulator is piecewise in Teff (regimes blended at 4000/4550 K and 7000/9000 K),
+and a hot star fitted from 7500 K can converge, unflagged, thousands of kelvin off. The global
+start removes that dependence on the start point:
+
+1. **Grid** (``default_grid``): a fixed set of (Teff, log g, [Fe/H]) nodes covering the
+   emulator's domain. Teff is the parameter that moves the spectrum most and the one whose regime
+   structure traps the fit, so it is sampled densely, geometrically (uniform in ln Teff, ~15 %
+   apart) from the cold to the hot end, which puts several nodes in every regime and blend zone;
+   log g and [Fe/H] only need one node near each basin, so 3 values each. 16 × 3 × 3 = 144 nodes
+   by default.
+2. **RV per node** (``node_velocities``): every node's spectrum, broadened with a fixed σ at mu = 0,
+   is cross-correlated with the observed spectrum at integer shifts |mu| ≤ 15 px (both
+   high-pass filtered: divided by a smooth version of themselves); the peak, refined by a
+   parabola through its neighbours, is that node's mu.
+3. **Score** (``node_chi2``): χ² = Σ r² with r the forward model's residuals at
+   θ = [mu_node, σ, ln Teff, log g, [Fe/H]] (``jaxlasp.model.residuals``: the degree-50 Legendre
+   polynomial solved for each node, so the unknown continuum costs nothing). One batched forward
+   pass over the nodes.
+4. **Candidates** (``distinct_best``): the lowest-χ² node, then the lowest-χ² node at least
+   ``separation`` in ln Teff away from those already chosen, and so on: n_best candidates in
+   different Teff basins (different regimes when the data allow), not n neighbours of one.
+5. **Fits** (``fit_multistart``): the chosen optimiser (LM or Adam) from every candidate, without
+   Clean; each spectrum keeps the solution with the lowest loss (the same pixels and weights for
+   every candidate, so the losses compare). With Clean, one more fit with Clean starts from the
+   winner.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlasp.emulators.tgm import Domain
+from jaxlasp.fit.driver import MU_LIMIT, FitResult, fit_batch
+from jaxlasp.model import LN_TEFF, ForwardModel, broadened, residuals
+
+START_SIGMA = 1.0
+"""Broadening σ [pixels] of the grid nodes (the σ of ``jaxlasp.api.start_points``)."""
+TEFF_RANGE = (3200.0, 28000.0)
+"""Teff span of the default grid [K], clipped to the model's domain."""
+TEFF_NODES = 16
+"""Teff nodes of the default grid, uniform in ln Teff (3200–28000 K: 15.5 % apart)."""
+LOGG_NODES = (1.0, 2.75, 4.5)
+"""log g nodes [dex]: giants, subgiants/hot stars, dwarfs."""
+FEH_NODES = (-1.75, -0.75, 0.25)
+"""[Fe/H] nodes [dex]: halo, thick disc, thin disc."""
+SEPARATION = 0.2
+"""Least ln Teff distance between chosen candidates (≈ 22 % in Teff, > one grid step)."""
+SMOOTH_PIXELS = 25.0
+"""σ [pixels] of the Gaussian that estimates the continuum for the cross-correlation."""
+MAX_SHIFT = int(MU_LIMIT)
+"""Largest |mu| [pixels] tried by the cross-correlation (the fit's box)."""
+CLIP_SIGMAS = 5.0
+"""Pixels whose residual at the best node exceeds this many robust σ are left out of the second
+scoring pass (cosmic rays, sky residuals)."""
+
+
+class StartGrid(NamedTuple):
+    """Grid nodes; each field (m,): ln Teff [ln K], log g [dex], [Fe/H] [dex]."""
+
+    ln_teff: np.ndarray
+    logg: np.ndarray
+    feh: np.ndarray
+
+
+def default_grid(domain: Domain, teff_nodes: int = TEFF_NODES, logg=LOGG_NODES,
+                 feh=FEH_NODES) -> StartGrid:
+    """The product grid of ``teff_nodes`` Teff values uniform in ln Teff over ``TEFF_RANGE`` and
+    the ``logg`` × ``feh`` values, all clipped to ``domain``; m = teff_nodes·len(logg)·len(feh)."""
+    lo, hi = max(TEFF_RANGE[0], domain.teff[0]), min(TEFF_RANGE[1], domain.teff[1])
+    ln_teff = np.linspace(np.log(lo), np.log(hi), teff_nodes)
+    t, g, z = np.meshgrid(ln_teff, np.clip(logg, *domain.logg), np.clip(feh, *domain.feh),
+                          indexing="ij")
+    return StartGrid(t.ravel(), g.ravel(), z.ravel())
+
+
+def grid_theta(grid: StartGrid, sigma: float = START_SIGMA):
+    """θ (m, 5) of the grid nodes at mu = 0 with kernel width ``sigma`` [px]."""
+    ln_teff = jnp.asarray(grid.ln_teff)
+    return jnp.stack([jnp.zeros_like(ln_teff), jnp.full_like(ln_teff, sigma), ln_teff,
+                      jnp.asarray(grid.logg, ln_teff.dtype), jnp.asarray(grid.feh, ln_teff.dtype)],
+                     axis=-1)
+
+
+def high_pass(flux, weights, width: float = SMOOTH_PIXELS):
+    """flux / (weighted Gaussian smooth of flux) − 1 on used pixels, 0 elsewhere; shape (n,).
+
+    Removes the continuum (any smooth multiplicative factor) before cross-correlating.
+    """
+    half = int(4 * width)
+    x = jnp.arange(-half, half + 1)
+    kernel = jnp.exp(-0.5 * (x / width) ** 2)
+    used = (weights > 0).astype(flux.dtype)
+    smooth = (jnp.convolve(flux * used, kernel, mode="same")
+              / jnp.maximum(jnp.convolve(used, kernel, mode="same"), 1e-12))
+    ratio = jnp.where(used > 0, flux / jnp.where(smooth != 0, smooth, 1.0) - 1.0, 0.0)
+    return jnp.clip(ratio, -1.0, 1.0)
+
+
+def shifted_copies(x, max_shift: int = MAX_SHIFT):
+    """Rows x[i + ℓ] (zero outside) for ℓ = −max_shift..max_shift; shape (2·max_shift+1, n)."""
+    n = x.shape[-1]
+    padded = jnp.pad(x, max_shift)
+    return jnp.stack([padded[max_shift + lag:max_shift + lag + n]
+                      for lag in range(-max_shift, max_shift + 1)])
+
+
+def peak_shift(ccf, max_shift: int = MAX_SHIFT):
+    """Sub-pixel position [px] of the maximum of ``ccf`` (2·max_shift+1,) over shifts −max..max:
+    the vertex of the parabola through the best integer shift and its neighbours."""
+    k = jnp.clip(jnp.argmax(ccf), 1, ccf.shape[0] - 2)
+    left, mid, right = ccf[k - 1], ccf[k], ccf[k + 1]
+    curvature = left - 2 * mid + right
+    concave = curvature < 0
+    offset = jnp.where(concave, 0.5 * (left - right) / jnp.where(concave, curvature, -1.0), 0.0)
+    return k - max_shift + jnp.clip(offset, -0.5, 0.5)
+
+
+def node_velocities(templates, flux, weights, max_shift: int = MAX_SHIFT):
+    """Kernel mean mu [px] (m,) of each node for one observed spectrum (n,).
+
+    templates: (m, n) the nodes' spectra broadened at mu = 0, high-pass filtered. A kernel mean mu
+    moves features to pixel i + mu (``broaden``), so node j's mu is the shift ℓ maximising the
+    cross-correlation c_j(ℓ) = Σ_i o_{i+ℓ}·t_{j,i} (o: the high-pass filtered observation).
+    """
+    ccf = templates @ shifted_copies(high_pass(flux, weights), max_shift).T
+    return jax.vmap(partial(peak_shift, max_shift=max_shift))(ccf)
+
+
+def node_templates(fm: ForwardModel, nodes):
+    """High-pass filtered spectra (m, n) of the nodes θ (m, 5), broadened at their (mu, σ)."""
+    spectra = jax.vmap(broadened, in_axes=(None, 0))(fm, nodes)
+    return jax.vmap(high_pass)(spectra, jnp.ones_like(spectra))
+
+
+def node_chi2(fm: ForwardModel, nodes, flux, weights):
+    """Variable-projection χ² = Σ_i r_i² (m,) of the nodes θ (m, 5) for one spectrum (n,):
+    ``jaxlasp.model.residuals``, the Legendre polynomial solved for each node; NaN → +inf."""
+    resid = jax.vmap(residuals, in_axes=(None, 0, None, None))(fm, nodes, flux, weights)
+    chi2 = jnp.sum(resid * resid, axis=-1)
+    return jnp.where(jnp.isnan(chi2), jnp.inf, chi2)
+
+
+def clip_outliers(resid, weights, n_sigma: float = CLIP_SIGMAS):
+    """Good-pixel mask (n,): used pixels (weights > 0) whose |resid| ≤ n_sigma × 1.4826·MAD of
+    the used residuals (a robust σ that outliers do not inflate)."""
+    used = weights > 0
+    size = jnp.abs(jnp.where(used, resid, jnp.nan))
+    return used & (size <= n_sigma * 1.4826 * jnp.nanmedian(size))
+
+
+def distinct_best(chi2, ln_teff, n_best: int, separation: float = SEPARATION):
+    """Indices (n_best,) of the lowest-χ² nodes, each at least ``separation`` in ln Teff from the
+    ones chosen before it; when no node is that far, the lowest-χ² node not yet chosen."""
+    chosen = jnp.zeros(chi2.shape, bool)
+    near = jnp.zeros(chi2.shape, bool)
+    picks = []
+    for _ in range(n_best):
+        fallback = jnp.where(chosen, jnp.inf, chi2)
+        distinct = jnp.where(near, jnp.inf, fallback)
+        pick = jnp.where(jnp.isfinite(jnp.min(distinct)), jnp.argmin(distinct),
+                         jnp.argmin(fallback))
+        picks.append(pick)
+        chosen = chosen.at[pick].set(True)
+        near = near | (jnp.abs(ln_teff - ln_teff[pick]) < separation)
+    return jnp.stack(picks)
+
+
+@partial(jax.jit, static_argnames=("n_best",))
+def _global_start(fm: ForwardModel, nodes, flux, weights, n_best: int, separation):
+    """(θ₀ (b, n_best, 5), good-pixel masks (b, n)) for θ nodes (m, 5) at mu = 0; the spectra
+    one at a time (bounded memory)."""
+    templates = node_templates(fm, nodes)
+
+    def one(data):
+        f, w = data
+        candidates = nodes.at[:, 0].set(node_velocities(templates, f, w))
+        chi2 = node_chi2(fm, candidates, f, w)
+        best = candidates[jnp.argmin(chi2)]
+        good = clip_outliers(residuals(fm, best, f, w), w)
+        chi2 = node_chi2(fm, candidates, f, w * good)
+        return candidates[distinct_best(chi2, nodes[:, LN_TEFF], n_best, separation)], good
+
+    return jax.lax.map(one, (flux, weights))
+
+
+def start_candidates(fm: ForwardModel, flux, weights, *, grid: StartGrid | None = None,
+                     n_best: int = 3, separation: float = SEPARATION,
+                     sigma: float = START_SIGMA):
+    """(θ₀ (b, n_best, 5), good (b, n)): ``global_start``'s candidates and the pixels it scored
+    them on (used pixels minus the outliers of ``clip_outliers``)."""
+    grid = default_grid(fm.emulator.domain) if grid is None else grid
+    if not 1 <= n_best <= grid.ln_teff.size:
+        raise ValueError(f"n_best must be between 1 and the {grid.ln_teff.size} grid nodes")
+    nodes = grid_theta(grid, sigma)
+    flux, weights = jnp.asarray(flux, nodes.dtype), jnp.asarray(weights, nodes.dtype)
+    return _global_start(fm, nodes, flux, weights, n_best, separation)
+
+
+def global_start(fm: ForwardModel, flux, weights, *, grid: StartGrid | None = None,
+                 n_best: int = 3, separation: float = SEPARATION, sigma: float = START_SIGMA):
+    """Start points θ₀ (b, n_best, 5) for spectra (b, n) on ``fm``'s grid, best first.
+
+    flux, weights: as ``fit_batch`` (weights = 1/err² times the good-pixel mask). grid: the nodes
+    (default ``default_grid(fm.emulator.domain)``); every node gets its own mu from the
+    cross-correlation and the fixed width ``sigma`` [px] and is scored by its χ²; the scoring is
+    repeated without the pixels that are outliers at the best node (``clip_outliers``), and the
+    n_best distinct best (``distinct_best``) are returned. Deterministic.
+    """
+    return start_candidates(fm, flux, weights, grid=grid, n_best=n_best,
+                            separation=separation, sigma=sigma)[0]
+
+
+def fit_one_method(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
+                   max_iter: int | None) -> FitResult:
+    """Fit spectra (b, n) from θ₀ (b, 5) with "lm" (``fit_batch``) or "adam"
+    (``fit_batch_adam``); ``max_iter`` None takes the method's default (100 / 5000)."""
+    if method == "lm":
+        return fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter or 100)
+    if method == "adam":
+        from jaxlasp.fit.adam import fit_batch_adam
+
+        return fit_batch_adam(fm, theta0, flux, weights, clean=clean,
+                              max_iter=max_iter or 5000)[0]
+    raise ValueError(f"method must be 'lm' or 'adam', not {method!r}")
+
+
+def best_of(result: FitResult, n_best: int) -> FitResult:
+    """Per spectrum, the candidate fit with the lowest finite loss, from a result whose rows are
+    n_best consecutive candidates of each spectrum (b·n_best rows → b rows)."""
+    loss = jnp.where(jnp.isfinite(result.loss), result.loss, jnp.inf).reshape(-1, n_best)
+    rows = jnp.arange(loss.shape[0]) * n_best + jnp.argmin(loss, axis=1)
+    return jax.tree_util.tree_map(lambda a: a[rows], result)
+
+
+def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean: bool = False,
+                   n_best: int = 3, grid: StartGrid | None = None, max_iter: int | None = None,
+                   separation: float = SEPARATION) -> FitResult:
+    """Fit spectra (b, n) from the global start: the best of n_best candidate fits per spectrum.
+
+    The candidates (``global_start``) are fitted with ``method`` ("lm" or "adam") without Clean
+    and the lowest loss wins. Without ``clean`` they are fitted on all used pixels and the winner
+    is the result. With ``clean`` they are fitted without the start's outlier pixels
+    (``clip_outliers``: a cosmic ray must not choose the basin), and the winner's solution starts
+    the fit with Clean on all used pixels. Returns a FitResult of b rows (``n_iter``: of the
+    winning candidate's fit, or of the Clean fit).
+    """
+    flux, weights = jnp.asarray(flux), jnp.asarray(weights)
+    theta0, good = start_candidates(fm, flux, weights, grid=grid, n_best=n_best,
+                                    separation=separation)
+    repeat = partial(jnp.repeat, repeats=n_best, axis=0)
+    fit_weights = weights * good if clean else weights
+    candidates = fit_one_method(fm, theta0.reshape(-1, 5), repeat(flux), repeat(fit_weights),
+                                method=method, clean=False, max_iter=max_iter)
+    result = best_of(candidates, n_best)
+    if clean:
+        result = fit_one_method(fm, result.theta, flux, weights, method=method, clean=True,
+                                max_iter=max_iter)
+    return result
