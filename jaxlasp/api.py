@@ -7,7 +7,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from jaxlasp.emulators.tgm import TGMEmulator
-from jaxlasp.fit.driver import FLAG_NAMES, FitResult, fit_batch
+from jaxlasp.fit.driver import FLAG_NAMES, FitResult
 from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid
 from jaxlasp.io.lamost import (
     FEW_GOOD_PIXELS, NONFINITE_FLUX, NONPOSITIVE_FLUX, Spectrum, file_stem)
@@ -96,14 +96,32 @@ def make_table(ids: Sequence[str], columns: dict, reasons: Sequence[str]):
 METHODS = ("lm", "adam")
 
 
+GLOBAL_START = "global"
+"""``start=GLOBAL_START``: the global start of ``jaxlasp.fit.start`` (grid scan, best candidates)."""
+
+
+def initial_points(start, batch: int, fm: ForwardModel):
+    """θ₀ (batch, 5) for ``start`` (checked against the domain), or None for the global start."""
+    if isinstance(start, str):
+        if start != GLOBAL_START:
+            raise ValueError(f"start must be {GLOBAL_START!r} or (Teff, log g, [Fe/H]), "
+                             f"not {start!r}")
+        return None
+    theta0 = start_points(start, batch)
+    check_start(theta0, fm)
+    return theta0
+
+
 def fit(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
         max_iter: int | None) -> FitResult:
-    """Run the chosen optimiser on a batch (``max_iter`` None: the method's default)."""
-    if method == "lm":
-        return fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter or 100)
-    from jaxlasp.fit.adam import fit_batch_adam
+    """Run the chosen optimiser on a batch from θ₀, or from the global start when θ₀ is None
+    (``max_iter`` None: the method's default)."""
+    from jaxlasp.fit.start import fit_multistart, fit_one_method
 
-    return fit_batch_adam(fm, theta0, flux, weights, clean=clean, max_iter=max_iter or 5000)[0]
+    if theta0 is None:
+        return fit_multistart(fm, flux, weights, method=method, clean=clean, max_iter=max_iter)
+    return fit_one_method(fm, theta0, flux, weights, method=method, clean=clean,
+                          max_iter=max_iter)
 
 
 def check_method(method: str) -> None:
@@ -120,7 +138,9 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     flux: (b, n) flux (any scale: the multiplicative polynomial absorbs it).
     model: TGM file path or ``TGMEmulator``. grid: the spectra's ln-λ grid (default: PyLASP's
     LAMOST 4200–5700 Å grid for this model). weights: (b, n) 1/err² times the good-pixel mask
-    (default: all ones). start: (Teff, log g, [Fe/H]) or (b, 3) per-spectrum starts.
+    (default: all ones). start: (Teff, log g, [Fe/H]), (b, 3) per-spectrum starts, or
+    "global" for the global start (a grid scan scored by χ², then fits from the best distinct
+    candidates: robust against the regime traps of a fixed start, ~4× the cost).
     method: "lm" (Levenberg–Marquardt) or "adam" (per-spectrum Adam, ``jaxlasp.fit.adam``).
     """
     check_method(method)
@@ -132,8 +152,7 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     weights = np.ones_like(flux) if weights is None else np.broadcast_to(weights, flux.shape)
     ids = [str(i) for i in range(len(flux))] if ids is None else list(ids)
     fm = build_forward_model(emulator, grid)
-    theta0 = start_points(start, len(flux))
-    check_start(theta0, fm)
+    theta0 = initial_points(start, len(flux), fm)
     result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter)
     columns = result_columns(result, grid)
     return make_table(ids, columns, [describe_flags(f) for f in columns["flags"]])
@@ -171,8 +190,7 @@ def fit_spectra(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = 
     """
     flux = np.stack([s.normalised_flux() for s in spectra])
     weights = np.stack([lamost_weights(s, weighting) for s in spectra])
-    theta0 = start_points(start, len(spectra))
-    check_start(theta0, fm)
+    theta0 = initial_points(start, len(spectra), fm)
     result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter)
     columns = result_columns(result, fm.grid)
     input_flags = np.array([s.flags for s in spectra], np.int64) << INPUT_FLAG_SHIFT

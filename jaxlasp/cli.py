@@ -39,6 +39,11 @@ def _floats(n: int, what: str):
     return parse
 
 
+def _start(text: str):
+    """--start: 'global' or three comma-separated numbers."""
+    return text if text == "global" else _floats(3, "--start")(text)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug messages")
@@ -54,8 +59,10 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("lm", "adam"), default="lm",
                         help="optimiser: Levenberg–Marquardt (default) or Adam")
     parser.add_argument("--clean", action="store_true", help="reject outlier pixels (Clean)")
-    parser.add_argument("--start", type=_floats(3, "--start"), default=(7500.0, 3.5, -0.5),
-                        metavar="T,G,Z", help="start Teff [K], log g, [Fe/H] (default 7500,3.5,-0.5)")
+    parser.add_argument("--start", type=_start, default="global", metavar="global|T,G,Z",
+                        help="'global' (default): scan a grid of models and fit from the best "
+                             "candidates; or a fixed start Teff [K], log g, [Fe/H] such as "
+                             "PyLASP's 7500,3.5,-0.5")
     parser.add_argument("--window", type=_floats(2, "--window"), default=(4200.0, 5700.0),
                         metavar="LO,HI", help="wavelength window [Å] (default 4200,5700)")
     parser.add_argument("--weighting", choices=("none", "ivar"), default="none",
@@ -195,8 +202,9 @@ def cmd_fit(args) -> int:
 
     select_device(args.device)
     emulator, source = load_model(args.model)
-    check_domain(emulator, *args.start, "--start")
-    options = FitOptions(method=args.method, clean=args.clean, start=tuple(args.start),
+    if not isinstance(args.start, str):
+        check_domain(emulator, *args.start, "--start")
+    options = FitOptions(method=args.method, clean=args.clean, start=args.start,
                          window=tuple(args.window), weighting=args.weighting,
                          max_iter=args.max_iter, group_size=args.group_size,
                          format=args.format)
@@ -277,14 +285,15 @@ def _catalog_row(catalog_path, spectrum_id: str, path: str):
 def cmd_plot(args) -> int:
     import jax.numpy as jnp
 
-    from jaxlasp.api import fit, lamost_weights, read_for_fit, result_columns, start_points
+    from jaxlasp.api import fit, initial_points, lamost_weights, read_for_fit, result_columns
     from jaxlasp.grids import lamost_fit_grid
     from jaxlasp.mock import kms_to_pixels
     from jaxlasp.model import build_forward_model, components, theta_from_physical
     from jaxlasp.plot import plot_fit
 
     emulator, _ = load_model(args.model)
-    check_domain(emulator, *args.start, "--start")
+    if not isinstance(args.start, str):
+        check_domain(emulator, *args.start, "--start")
     fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, tuple(args.window)))
     reads = read_for_fit(Path(args.spectrum), fm.grid, args.window, args.format)
     if args.index >= len(reads):
@@ -301,7 +310,7 @@ def cmd_plot(args) -> int:
                                     kms_to_pixels(row["sigma"], fm.grid.step))
         used, label = weights > 0, f"parameters from {args.from_catalog}"
     else:
-        result = fit(fm, start_points(args.start, 1), flux[None], weights[None],
+        result = fit(fm, initial_points(args.start, 1, fm), flux[None], weights[None],
                      method=args.method, clean=args.clean, max_iter=None)
         row = {k: v[0] for k, v in result_columns(result, fm.grid).items()}
         theta = np.asarray(result.theta[0])

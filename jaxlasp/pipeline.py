@@ -26,8 +26,8 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from jaxlasp.api import (
-    COLUMNS, DEFAULT_START, READ_ERROR, check_method, check_start, empty_columns, fit_spectra, load_model,
-    make_table, read_for_fit, start_points)
+    COLUMNS, GLOBAL_START, READ_ERROR, check_method, empty_columns, fit_spectra, initial_points,
+    load_model, make_table, read_for_fit)
 from jaxlasp.grids import lamost_fit_grid
 from jaxlasp.io import get_reader
 from jaxlasp.io.catalog import check_writable, read_catalog, write_catalog
@@ -49,7 +49,7 @@ class FitOptions:
 
     method: str = "lm"
     clean: bool = False
-    start: tuple[float, float, float] = DEFAULT_START
+    start: tuple[float, float, float] | str = GLOBAL_START
     window: tuple[float, float] = (4200.0, 5700.0)
     weighting: str = "none"
     max_iter: int | None = None
@@ -307,7 +307,7 @@ def run(inputs, model, output, options: FitOptions = FitOptions(), *, resume: bo
                          "(--resume) to continue it, or remove it")
     emulator = load_model(model)
     fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, tuple(options.window)))
-    check_start(start_points(options.start, 1), fm)
+    initial_points(options.start, 1, fm)  # ValueError for a start outside the domain
     paths = expand_inputs(inputs)
     order = {str(p): k for k, p in enumerate(paths)}
     tables, complete, keys = load_done(output) if resume else ([], set(), set())

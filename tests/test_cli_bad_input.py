@@ -76,7 +76,7 @@ def battery(tmp_path_factory):
                        f"spectra/{GOOD[0]}.fits\nspectra/missing.fits\n")
     catalog = folder / "catalog.ecsv"
     code = main(["fit", str(spectra), str(listing), "--model", str(need(ELODIE)), "-o",
-                 str(catalog), "--group-size", "8", "-q"])
+                 str(catalog), "--group-size", "8", "--start", "7500,3.5,-0.5", "-q"])
     return code, read_catalog(catalog), spectra
 
 
@@ -147,7 +147,8 @@ def test_ivar_weighting_flags_a_spectrum_without_valid_ivar(battery, tmp_path):
     _, _, spectra = battery
     catalog = tmp_path / "ivar.csv"
     code = main(["fit", str(spectra / "ivar_zero.fits"), str(spectra / f"{GOOD[0]}.fits"),
-                 "--model", str(ELODIE), "--weighting", "ivar", "-o", str(catalog), "-q"])
+                 "--model", str(ELODIE), "--weighting", "ivar", "-o", str(catalog),
+                 "--start", "7500,3.5,-0.5", "-q"])
     table = read_catalog(catalog)
     assert code == 3
     assert list(table["converged"]) == [False, True]

@@ -27,6 +27,9 @@ def fit_args(output, *extra):
             "--group-size", "10", "-q", *extra]
 
 
+PYLASP_START = ("--start", "7500,3.5,-0.5")
+
+
 @pytest.fixture(scope="module")
 def catalogs(tmp_path_factory):
     """The sample fitted by the CLI into a CSV, a FITS and a Parquet catalog."""
@@ -35,7 +38,7 @@ def catalogs(tmp_path_factory):
     out = {}
     for suffix in ("csv", "fits", "parquet"):
         path = folder / f"catalog.{suffix}"
-        assert main(fit_args(path)) == 0
+        assert main(fit_args(path, *PYLASP_START)) == 0
         out[suffix] = read_catalog(path)
     return out
 
@@ -72,9 +75,16 @@ def test_existing_catalog_is_not_overwritten_without_resume(catalogs, tmp_path, 
     assert "--resume" in capsys.readouterr().err and path.read_text() == "keep me"
 
 
-def test_resume_of_a_finished_catalog_fits_nothing(catalogs, tmp_path):
+def test_default_global_start_agrees_with_pylasp_and_resume_fits_nothing(catalogs, tmp_path):
     path = tmp_path / "c.ecsv"
-    assert main(fit_args(path)) == 0
+    assert main(fit_args(path)) == 0  # --start global
+    table = read_catalog(path)
+    assert np.all(table["converged"])
+    reference = read_pylasp_csv(need(SAMPLE / "reference_pylasp_curvefit_noclean.csv"))
+    diff = differences(table, reference)
+    print(f"\nglobal start − PyLASP CurveFit from (7500, 3.5, −0.5):\n{format_differences(diff)}")
+    for q in MEDIAN:
+        assert np.max(np.abs(diff[q])) <= MAXIMUM[q], q
     before = path.read_bytes()
     assert main(fit_args(path, "--resume")) == 0
     assert path.read_bytes() == before
@@ -83,7 +93,7 @@ def test_resume_of_a_finished_catalog_fits_nothing(catalogs, tmp_path):
 def _cli(output, *extra):
     """The CLI as a child process (so that it can be killed)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "jaxlasp", *fit_args(output, *extra)]
+    cmd = [sys.executable, "-m", "jaxlasp", *fit_args(output, *PYLASP_START, *extra)]
     cmd[cmd.index("--group-size") + 1] = "5"
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -116,7 +126,7 @@ def test_kill_and_resume_gives_the_uninterrupted_catalog(catalogs, tmp_path):
 def test_plot_a_fit_and_a_catalog_row(catalogs, tmp_path, capsys):
     spectrum = str(need(SAMPLE / "fits" / "3706009.fits"))
     catalog = tmp_path / "c.ecsv"
-    assert main(fit_args(catalog)) == 0
+    assert main(fit_args(catalog, *PYLASP_START)) == 0
     for extra in (["--clean"], ["--from-catalog", str(catalog)]):
         image = tmp_path / f"fit{len(extra)}.png"
         assert main(["plot", spectrum, "--model", str(ELODIE), "-o", str(image), *extra]) == 0
