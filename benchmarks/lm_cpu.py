@@ -1,15 +1,19 @@
 """LM throughput: spectra per second for batches of the 25 LAMOST sample spectra repeated.
 
-Usage: python benchmarks/lm_cpu.py [--sizes 25 100 400] [--modes noclean clean]
+Usage: OPENBLAS_NUM_THREADS=1 python benchmarks/lm_cpu.py [--sizes 25 100 400]
+       [--modes noclean clean] [--slots 128] [--repeats 3]
 
 Needs ../shared/data/lamost-dr10-sample (reads pylasp_group0.npz: numpy only, no astropy, so it
 also runs on the GPU machine). Prints, per batch size and mode, the first call (compile + run) and
-the best of --repeats later calls, as seconds per batch, ms per spectrum and spectra per second.
+the median of --repeats later calls, as seconds per batch, ms per spectrum and spectra per second.
+``--slots``: spectra stepped together by LM (``fit_batch(slots=...)``; several values are timed
+interleaved, for choosing the default).
 PyLASP CurveFit on a 2-core machine: 170 ms/spectrum serially (No Clean), 128 ms with 2 processes.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +22,7 @@ import numpy as np
 
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, start_points
-from jaxlasp.fit.driver import fit_batch
+from jaxlasp.fit.driver import SLOTS, fit_batch
 from jaxlasp.grids import lamost_fit_grid
 from jaxlasp.io.pylasp_group import read_pylasp_group
 from jaxlasp.model import build_forward_model
@@ -30,7 +34,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[25, 100, 400])
     parser.add_argument("--modes", nargs="+", default=["noclean", "clean"])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--slots", type=int, nargs="+", default=[SLOTS])
     args = parser.parse_args()
     if not GROUP.exists():
         raise SystemExit(f"needs the LAMOST sample at {GROUP}")
@@ -42,26 +47,32 @@ def main():
     weights25 = np.ones_like(flux25)
     weights25[:, -1] = 0.0
     print(f"# device {jax.devices()[0].device_kind}, {jax.device_count()} device(s), float64, "
-          f"{grid.n} pixels, start {DEFAULT_START}, best of {args.repeats}")
-    print(f"{'mode':>8} {'batch':>6} {'first s':>9} {'s/batch':>9} {'ms/spec':>9} {'spec/s':>8} "
-          f"{'iters':>6}")
+          f"{grid.n} pixels, start {DEFAULT_START}, median of {args.repeats}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"{'mode':>8} {'batch':>6} {'slots':>6} {'first s':>9} {'s/batch':>9} {'ms/spec':>9} "
+          f"{'spec/s':>8} {'iters':>6}")
     for mode in args.modes:
         for size in args.sizes:
             flux = np.resize(flux25, (size, grid.n))
             weights = np.resize(weights25, (size, grid.n))
             theta0 = start_points(DEFAULT_START, size)
-            run = lambda: jax.block_until_ready(  # noqa: E731
-                fit_batch(fm, theta0, flux, weights, use_clean=mode == "clean"))
-            t0 = time.perf_counter()
-            result = run()
-            first = time.perf_counter() - t0
-            best = np.inf
-            for _ in range(args.repeats):
+            runs, first, times = {}, {}, {}
+            for slots in args.slots:
+                runs[slots] = lambda s=slots: jax.block_until_ready(  # noqa: E731
+                    fit_batch(fm, theta0, flux, weights, use_clean=mode == "clean", slots=s))
                 t0 = time.perf_counter()
-                run()
-                best = min(best, time.perf_counter() - t0)
-            print(f"{mode:>8} {size:>6} {first:>9.2f} {best:>9.2f} {1e3 * best / size:>9.2f} "
-                  f"{size / best:>8.1f} {np.mean(result.n_iter):>6.1f}", flush=True)
+                result = runs[slots]()
+                first[slots], times[slots] = time.perf_counter() - t0, []
+            for _ in range(args.repeats):
+                for slots, run in runs.items():
+                    t0 = time.perf_counter()
+                    run()
+                    times[slots].append(time.perf_counter() - t0)
+            for slots in args.slots:
+                t = np.median(times[slots])
+                print(f"{mode:>8} {size:>6} {slots:>6} {first[slots]:>9.2f} {t:>9.2f} "
+                      f"{1e3 * t / size:>9.2f} {size / t:>8.1f} {np.mean(result.n_iter):>6.1f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,14 @@ is projected onto the box [lower, upper], so parameters never leave it. Converge
 step length.
 
 The residual function has the signature ``fun(theta, shared, data) -> r`` where ``shared`` is the
-same for the whole batch (e.g. the forward model) and ``data`` holds one member's arrays.
+same for the whole batch (e.g. the forward model) and ``data`` holds one member's arrays. An
+optional ``jacobian(theta, shared, data) -> (r, Jᵀ)`` with the same signature replaces the
+autodiff Jacobian (e.g. one that does not differentiate through an inner linear solve). Jacobians
+are stored transposed, (p, n): one row per parameter, the layout that XLA handles fastest here.
+
+A member may also be PENDING: its ``theta`` is a start point not yet evaluated. ``step`` then
+evaluates it (exactly what ``init`` does) instead of taking a step, which lets a caller refill a
+slot of a running batch with a new problem (``jaxlasp.fit.schedule``).
 """
 from __future__ import annotations
 
@@ -31,8 +38,9 @@ INITIAL_DAMPING = 1.0
 Gauss–Newton-like step from 7500 K can drop σ below ~0.3 px, where the truncated kernel is a single
 node with zero derivative, and trap the fit; seen on LAMOST 3709139)."""
 
-RUNNING, FTOL, XTOL, MAX_ITER, NONFINITE, SKIPPED = 0, 1, 2, 3, 4, 5
-"""Values of ``LMState.status`` (SKIPPED: left out of this run by the caller)."""
+RUNNING, FTOL, XTOL, MAX_ITER, NONFINITE, SKIPPED, PENDING = 0, 1, 2, 3, 4, 5, 6
+"""Values of ``LMState.status`` (SKIPPED: left out of this run by the caller; PENDING: start point
+set, not evaluated yet)."""
 
 
 class LMState(NamedTuple):
@@ -40,13 +48,13 @@ class LMState(NamedTuple):
 
     theta: jax.Array      # (p,) current accepted parameters
     resid: jax.Array      # (n,) residuals at theta
-    jac: jax.Array        # (n, p) Jacobian at theta
+    jac: jax.Array        # (p, n) Jacobian at theta, transposed: row j is ∂r/∂θ_j
     cost: jax.Array       # ½ Σ r²
     scale: jax.Array      # (p,) D: running max of diag(JᵀJ)
     damping: jax.Array    # λ
     growth: jax.Array     # ν
     n_iter: jax.Array     # number of steps taken
-    status: jax.Array     # RUNNING, FTOL, XTOL, MAX_ITER or NONFINITE
+    status: jax.Array     # RUNNING, FTOL, XTOL, MAX_ITER, NONFINITE, SKIPPED or PENDING
     ftol: jax.Array       # relative tolerance on Σr² reductions
     xtol: jax.Array       # relative tolerance on the scaled step
 
@@ -59,40 +67,63 @@ class LMInfo(NamedTuple):
     step_norm: jax.Array
 
 
-def residuals_and_jacobian(fun: Callable, theta, shared, data):
-    """(r, J): residuals and their exact Jacobian by forward-mode autodiff (one linearisation)."""
-    resid, jvp = jax.linearize(lambda th: fun(th, shared, data), theta)
-    jac = jax.vmap(jvp, out_axes=1)(jnp.eye(theta.shape[0], dtype=theta.dtype))
-    return resid, jac
+def residuals_and_jacobian(fun: Callable, theta, shared, data, jacobian: Callable | None = None):
+    """(r, Jᵀ): residuals (n,) and their exact Jacobian, transposed (p, n): ``jacobian`` when
+    given (same signature as ``fun``, returning (r, Jᵀ)), else forward-mode autodiff of ``fun``
+    (p tangents)."""
+    if jacobian is not None:
+        return jacobian(theta, shared, data)
+    return jax.vmap(lambda e: jax.jvp(lambda th: fun(th, shared, data), (theta,), (e,)),
+                    out_axes=(None, 0))(jnp.eye(theta.shape[0], dtype=theta.dtype))
 
 
-def init(fun: Callable, theta, shared, data, ftol=1e-10, xtol=1e-10) -> LMState:
-    """LM state at the start point ``theta`` (one problem)."""
-    resid, jac = residuals_and_jacobian(fun, theta, shared, data)
+def start_state(theta, resid, jac, ftol, xtol) -> LMState:
+    """State at the start point ``theta`` with residuals and Jacobian evaluated there."""
     dtype = theta.dtype
     status = jnp.where(jnp.all(jnp.isfinite(resid)), RUNNING, NONFINITE)
-    return LMState(theta, resid, jac, 0.5 * resid @ resid, jnp.sum(jac * jac, axis=0),
+    return LMState(theta, resid, jac, 0.5 * resid @ resid, jnp.sum(jac * jac, axis=1),
                    jnp.asarray(INITIAL_DAMPING, dtype), jnp.asarray(2.0, dtype),
                    jnp.asarray(0), status, jnp.asarray(ftol, dtype), jnp.asarray(xtol, dtype))
 
 
+def init(fun: Callable, theta, shared, data, ftol=1e-10, xtol=1e-10,
+         jacobian: Callable | None = None) -> LMState:
+    """LM state at the start point ``theta`` (one problem)."""
+    resid, jac = residuals_and_jacobian(fun, theta, shared, data, jacobian)
+    return start_state(theta, resid, jac, ftol, xtol)
+
+
+def pending(theta, resid, jac, ftol, xtol) -> LMState:
+    """A PENDING state at the start point ``theta``; ``resid`` and ``jac`` are placeholders with
+    the shapes of the residuals (n,) and transposed Jacobian (p, n), e.g. zeros (one problem)."""
+    state = start_state(theta, resid, jac, ftol, xtol)
+    return state._replace(status=jnp.full_like(state.status, PENDING))
+
+
 def solve_damped(jac, resid, scale, damping):
-    """Step δ solving (JᵀJ + λ·diag(D)) δ = −Jᵀr, and the predicted reduction of ½Σr²."""
-    normal = jac.T @ jac
-    grad = jac.T @ resid
+    """Step δ solving (JᵀJ + λ·diag(D)) δ = −Jᵀr, and (JᵀJ, Jᵀr); ``jac`` is Jᵀ (p, n)."""
+    normal = jac @ jac.T
+    grad = jac @ resid
     low = cholesky_lower(normal + damping * jnp.diag(scale))
     delta = -cholesky_solve(low, grad)
     return delta, normal, grad
 
 
-def step(fun: Callable, lower, upper, max_iter: int, state: LMState, shared, data):
-    """One LM iteration for one problem: returns (state, info). Inactive problems do not change."""
+def step(fun: Callable, lower, upper, max_iter: int, state: LMState, shared, data,
+         jacobian: Callable | None = None):
+    """One LM iteration for one problem: returns (state, info).
+
+    A RUNNING problem takes a step; a PENDING one is evaluated at its start point (as ``init``);
+    any other does not change. One evaluation of residuals and Jacobian either way.
+    """
     active = state.status == RUNNING
+    fresh = state.status == PENDING
     delta, normal, grad = solve_damped(state.jac, state.resid, state.scale, state.damping)
     trial = jnp.clip(state.theta + delta, lower, upper)
     delta = trial - state.theta
     predicted = -(grad @ delta + 0.5 * delta @ normal @ delta)
-    resid, jac = residuals_and_jacobian(fun, trial, shared, data)
+    resid, jac = residuals_and_jacobian(fun, jnp.where(fresh, state.theta, trial), shared, data,
+                                        jacobian)
     cost = 0.5 * resid @ resid
     actual = state.cost - cost
     ratio = jnp.where(predicted > 0, actual / predicted, -1.0)
@@ -113,15 +144,18 @@ def step(fun: Callable, lower, upper, max_iter: int, state: LMState, shared, dat
         resid=jnp.where(accepted, resid, state.resid),
         jac=jnp.where(accepted, jac, state.jac),
         cost=jnp.where(accepted, cost, state.cost),
-        scale=jnp.where(accepted, jnp.maximum(state.scale, jnp.sum(jac * jac, axis=0)), state.scale),
+        scale=jnp.where(accepted, jnp.maximum(state.scale, jnp.sum(jac * jac, axis=1)),
+                        state.scale),
         damping=damping, growth=growth, n_iter=n_iter, status=status,
         ftol=state.ftol, xtol=state.xtol)
-    new = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, state)
+    started = start_state(state.theta, resid, jac, state.ftol, state.xtol)
+    new = jax.tree_util.tree_map(
+        lambda a, b, c: jnp.where(active, a, jnp.where(fresh, b, c)), new, started, state)
     return new, LMInfo(accepted & active, ratio, step_norm)
 
 
 def run(fun: Callable, theta, shared, data, *, lower, upper, max_iter: int = 100,
-        ftol=1e-10, xtol=1e-10, active=None) -> LMState:
+        ftol=1e-10, xtol=1e-10, active=None, jacobian: Callable | None = None) -> LMState:
     """Fit a batch: ``theta`` (b, p) and ``data`` with leading axis b; returns the final states.
 
     ``ftol`` and ``xtol`` may be scalars or (b,) arrays. Members where the (b,) bool ``active`` is
@@ -131,17 +165,20 @@ def run(fun: Callable, theta, shared, data, *, lower, upper, max_iter: int = 100
     ftol = jnp.broadcast_to(jnp.asarray(ftol, theta.dtype), (batch,))
     xtol = jnp.broadcast_to(jnp.asarray(xtol, theta.dtype), (batch,))
     lower, upper = jnp.asarray(lower, theta.dtype), jnp.asarray(upper, theta.dtype)
-    state = jax.vmap(lambda th, d, f, x: init(fun, th, shared, d, f, x))(theta, data, ftol, xtol)
+    state = jax.vmap(lambda th, d, f, x: init(fun, th, shared, d, f, x, jacobian))(
+        theta, data, ftol, xtol)
     if active is not None:
         state = state._replace(status=jnp.where(active, state.status, SKIPPED))
-    batched_step = jax.vmap(lambda s, d: step(fun, lower, upper, max_iter, s, shared, d)[0])
+    batched_step = jax.vmap(
+        lambda s, d: step(fun, lower, upper, max_iter, s, shared, d, jacobian)[0])
     return lax.while_loop(lambda s: jnp.any(s.status == RUNNING),
                           lambda s: batched_step(s, data), state)
 
 
 def covariance(jac, resid, n_used):
-    """Parameter covariance (JᵀJ)⁻¹·Σr²/(M − p), M = number of used pixels (curve_fit's pcov)."""
-    p = jac.shape[-1]
-    low = cholesky_lower(jac.T @ jac)
+    """Parameter covariance (JᵀJ)⁻¹·Σr²/(M − p) from Jᵀ (p, n), M = number of used pixels
+    (curve_fit's pcov)."""
+    p = jac.shape[0]
+    low = cholesky_lower(jac @ jac.T)
     inverse = jax.vmap(lambda e: cholesky_solve(low, e))(jnp.eye(p, dtype=jac.dtype))
     return inverse * (resid @ resid) / (n_used - p)
