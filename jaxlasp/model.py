@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlasp.emulators.lines import LineListEmulator, crop_linelist, linelist_flux
 from jaxlasp.emulators.tgm import TGMEmulator, crop_to, tgm_flux
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LinearGrid, LogGrid
 from jaxlasp.spectral.broaden import broaden, kernel_fits
@@ -35,7 +36,8 @@ DEFAULT_HALFWIDTH = 40
 class ForwardModel:
     """Everything needed to evaluate model spectra on one observed grid (a pytree).
 
-    emulator: coefficients on the model's own grid, or already resampled onto ``grid``.
+    emulator: a TGM emulator (coefficients on the model's own grid, or already resampled onto
+        ``grid``) or a line-list emulator (``jaxlasp.emulators.lines``, on its own grid).
     legendre: Legendre polynomials at PyLASP's nodes and their product rule.
     grid: the observed ln-λ grid (static).
     halfwidth: static kernel half-width [pixels].
@@ -43,7 +45,7 @@ class ForwardModel:
         on its own grid.
     """
 
-    emulator: TGMEmulator
+    emulator: TGMEmulator | LineListEmulator
     legendre: LegendreSystem
     grid: LogGrid
     halfwidth: int = DEFAULT_HALFWIDTH
@@ -66,7 +68,19 @@ class Components(NamedTuple):
     residuals: jax.Array   # √weight·(flux − model), zero on excluded pixels
 
 
-def _resample_to(emulator: TGMEmulator, values, grid: LogGrid, edges: str):
+def emulator_dtype(emulator: TGMEmulator | LineListEmulator):
+    """The floating-point dtype an emulator computes in."""
+    return emulator.dtype if isinstance(emulator, LineListEmulator) else emulator.coef.dtype
+
+
+def emulator_flux(emulator: TGMEmulator | LineListEmulator, teff, logg, feh):
+    """Model flux on the emulator's own pixels, for either kind of emulator."""
+    if isinstance(emulator, LineListEmulator):
+        return linelist_flux(emulator, teff, logg, feh)
+    return tgm_flux(emulator, teff, logg, feh)
+
+
+def _resample_to(emulator: TGMEmulator | LineListEmulator, values, grid: LogGrid, edges: str):
     """Resample ``values`` (..., n_model) from the emulator's grid onto ``grid``."""
     return resample(values, emulator.grid.edges, grid.edges, grid.widths, edges)
 
@@ -84,13 +98,15 @@ def fold_resampling(emulator: TGMEmulator, grid: LogGrid, edges: str = "extrapol
     return emulator.replace_coef(coef.astype(dtype), grid)
 
 
-def build_forward_model(emulator: TGMEmulator, grid: LogGrid, *, edges: str = "extrapolate",
+def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid, *,
+                        edges: str = "extrapolate",
                         fold: bool = True, degree: int = DEGREE,
                         halfwidth: int = DEFAULT_HALFWIDTH) -> ForwardModel:
     """Set up the forward model for observed grid ``grid``.
 
     The emulator is first cropped to the pixels covering the grid (plus one each side).
-    fold: resample the coefficient planes once now (fast); otherwise resample every model.
+    fold: resample the coefficient planes once now (fast); otherwise resample every model. A
+    line-list emulator is not linear in its parameters, so its spectra are always resampled.
     """
     if not isinstance(emulator.grid, LinearGrid):
         raise ValueError("the emulator must be on its own linear grid (as read from its file)")
@@ -99,16 +115,19 @@ def build_forward_model(emulator: TGMEmulator, grid: LogGrid, *, edges: str = "e
         raise ValueError(
             f"observed grid {grid.edges[0]:.2f}–{grid.edges[-1]:.2f} Å does not overlap the model "
             f"{edges_model[0]:.2f}–{edges_model[-1]:.2f} Å")
-    emulator = crop_to(emulator, grid.edges[0], grid.edges[-1])
-    if fold:
-        emulator = fold_resampling(emulator, grid, edges)
-    legendre = legendre_system(grid.n, degree, emulator.coef.dtype)
+    if isinstance(emulator, LineListEmulator):
+        emulator = crop_linelist(emulator, grid.edges[0], grid.edges[-1])
+    else:
+        emulator = crop_to(emulator, grid.edges[0], grid.edges[-1])
+        if fold:
+            emulator = fold_resampling(emulator, grid, edges)
+    legendre = legendre_system(grid.n, degree, emulator_dtype(emulator))
     return ForwardModel(emulator, legendre, grid, halfwidth, edges)
 
 
 def emulate(fm: ForwardModel, teff, logg, feh):
     """Emulator flux resampled onto the observed grid; shape (n,)."""
-    flux = tgm_flux(fm.emulator, teff, logg, feh)
+    flux = emulator_flux(fm.emulator, teff, logg, feh)
     if fm.emulator.grid == fm.grid:
         return flux
     return _resample_to(fm.emulator, flux, fm.grid, fm.edges)

@@ -113,9 +113,12 @@ def test_legendre_solve_matches_lstsq(seed, n, degree, masked):
     assume(np.linalg.cond(design) < 1e5)
     coefs, poly = fit_multiplicative_polynomial(model, flux, weights, legendre_system(n, degree))
     ref, *_ = scipy.linalg.lstsq(design, sw * flux)
-    np.testing.assert_allclose(np.asarray(coefs), ref, rtol=0, atol=1e-10 * np.max(np.abs(ref)))
+    # A backward-stable solve is accurate to ~cond·eps; the normal equations plus one refinement
+    # step reach that level up to a modest factor, so allow 100·cond·eps (at least 1e-10).
+    tol = max(1e-10, 100 * np.linalg.cond(design) * np.finfo(float).eps)
+    np.testing.assert_allclose(np.asarray(coefs), ref, rtol=0, atol=tol * np.max(np.abs(ref)))
     expected = basis @ ref
-    np.testing.assert_allclose(np.asarray(poly), expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+    np.testing.assert_allclose(np.asarray(poly), expected, rtol=0, atol=tol * np.abs(expected).max())
 
 
 def test_legendre_basis_matches_scipy():

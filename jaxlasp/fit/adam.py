@@ -64,7 +64,7 @@ from jaxlasp.fit import lm
 from jaxlasp.fit.clean import LAYER3_PASSES, LEVELS, MAX_FRACTION
 from jaxlasp.fit.driver import (
     FAILURES, FitResult, finish, lm_residual)
-from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, components
+from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, components, emulator_dtype
 
 CENTER = np.array([0.215, -1.44, -0.75, 0.0, 2.55])
 """c of §i.2, internal order [t, g, z, mu, sigma]."""
@@ -116,9 +116,23 @@ def theta_from_x(x):
     return theta_from_internal(CENTER.astype(x.dtype) + 0.5 * WIDTH.astype(x.dtype) * x)
 
 
-def project(x):
-    """Projection of x onto the box [−1, 1]."""
-    return optax.projections.projection_box(x, -1.0, 1.0)
+def x_box(fm: ForwardModel):
+    """Bounds (lo, hi) of x, each (5,): PyLASP's box [−1, 1] intersected with the emulator's
+    domain (for ELODIE they differ only in Teff ≥ 3100 K and log g ≤ 5.9; a line-list emulator
+    built on a small grid is confined to it)."""
+    dom = fm.emulator.domain
+    bounds = []
+    for teff, logg, feh, limit in zip(dom.teff, dom.logg, dom.feh, (-1.0, 1.0)):
+        p = np.array([math.log10(teff) - T_OFFSET, logg - G_OFFSET, feh, 0.0, 0.0])
+        x = 2 * (p - CENTER) / WIDTH  # as x_from_theta, in NumPy: the domain is static
+        x[3:] = limit  # mu and σ: PyLASP's box
+        bounds.append(x)
+    return np.maximum(bounds[0], -1.0), np.minimum(bounds[1], 1.0)
+
+
+def project(x, box=(-1.0, 1.0)):
+    """Projection of x onto the box ``(lo, hi)`` (default [−1, 1])."""
+    return optax.projections.projection_box(x, *box)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +216,9 @@ def _optimizer(lr):
     return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
-def init(x0, n_pixels: int, lr=0.1) -> AdamState:
-    """State at the normalised start points ``x0`` (b, 5)."""
-    x0 = project(jnp.asarray(x0))
+def init(x0, n_pixels: int, lr=0.1, box=(-1.0, 1.0)) -> AdamState:
+    """State at the normalised start points ``x0`` (b, 5), projected onto ``box``."""
+    x0 = project(jnp.asarray(x0), box)
     batch = x0.shape[0]
     inf = jnp.full(batch, jnp.inf, x0.dtype)
     zeros = jnp.zeros(batch, int)
@@ -264,7 +278,7 @@ def step(fm: ForwardModel, state: AdamState, flux, weights, *, lr=0.1, clean: bo
     best_loss = jnp.where(better, per, best_loss)
 
     updates, opt_state = jax.vmap(_optimizer(lr).update)(grad, state.opt_state)
-    x = project(optax.apply_updates(state.x, updates))
+    x = project(optax.apply_updates(state.x, updates), x_box(fm))
     n_iter = state.n_iter + 1
     status = jnp.where(~finite, NONFINITE_LOSS, jnp.where(
         count >= PATIENCE, SMALL_CHANGES, jnp.where(stall > PATIENCE, STALLED, jnp.where(
@@ -292,7 +306,7 @@ def step(fm: ForwardModel, state: AdamState, flux, weights, *, lr=0.1, clean: bo
 def run(fm: ForwardModel, x0, flux, weights, *, lr=0.1, clean: bool = False,
         convergence: str = "spectrum", max_iter: int = 5000, mask_polynomial: bool = True):
     """Iterate ``step`` with ``lax.while_loop`` until no spectrum is running; the final state."""
-    state = init(x0, flux.shape[1], lr)
+    state = init(x0, flux.shape[1], lr, x_box(fm))
     body = partial(step, fm, flux=flux, weights=weights, lr=lr, clean=clean,
                    convergence=convergence, max_iter=max_iter, mask_polynomial=mask_polynomial)
     return lax.while_loop(lambda s: jnp.any(s.status == RUNNING), lambda s: body(s)[0], state)
@@ -327,7 +341,7 @@ def fit_batch_adam(fm: ForwardModel, theta0, flux, weights, *, clean: bool = Fal
     """
     if convergence not in ("group", "spectrum"):
         raise ValueError(f"convergence must be 'group' or 'spectrum', not {convergence!r}")
-    dtype = fm.emulator.coef.dtype
+    dtype = emulator_dtype(fm.emulator)
     theta0, loop_flux, loop_weights = (jnp.asarray(a, dtype) for a in (theta0, flux, weights))
     state = run(fm, x_from_theta(theta0), loop_flux, loop_weights, lr=float(lr), clean=clean,
                 convergence=convergence, max_iter=int(max_iter), mask_polynomial=mask_polynomial)
