@@ -131,8 +131,9 @@ def x_box(fm: ForwardModel):
 
 
 def project(x, box=(-1.0, 1.0)):
-    """Projection of x onto the box ``(lo, hi)`` (default [−1, 1])."""
-    return optax.projections.projection_box(x, *box)
+    """Projection of x onto the box ``(lo, hi)`` (default [−1, 1]), in x's dtype."""
+    lo, hi = (jnp.asarray(bound, x.dtype) for bound in box)
+    return optax.projections.projection_box(x, lo, hi)
 
 
 # --------------------------------------------------------------------------------------------
