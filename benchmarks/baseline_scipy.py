@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -30,12 +29,10 @@ import scipy.optimize
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, start_points
 from jaxlasp.fit.driver import fit_batch
-from jaxlasp.grids import lamost_fit_grid
-from jaxlasp.io.pylasp_group import read_pylasp_group
-from jaxlasp.model import LN_TEFF, build_forward_model
+from jaxlasp.model import LN_TEFF
+from sample import load_sample
 from jaxlasp.reference import NumpyForwardModel, fit_least_squares
 
-GROUP = Path(__file__).resolve().parents[1].parent / "shared/data/lamost-dr10-sample/pylasp_group0.npz"
 
 
 def curve_fit_one(reference: NumpyForwardModel, theta0, flux, weights):
@@ -62,16 +59,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--spectra", type=int, default=25)
     args = parser.parse_args()
-    if not GROUP.exists():
-        raise SystemExit(f"needs the LAMOST sample at {GROUP}")
-    emulator, data = read_pylasp_group(GROUP)
-    grid = lamost_fit_grid(emulator.grid)
-    fm = build_forward_model(emulator, grid)
+    emulator, fm, flux, weights = load_sample(args.spectra)
+    grid = fm.grid
     reference = NumpyForwardModel.from_emulator(emulator, grid)
-    flux = data["spectra"][:args.spectra].astype(np.float64)
-    flux /= np.median(flux, axis=1, keepdims=True)
-    weights = np.ones_like(flux)
-    weights[:, -1] = 0.0
     b = flux.shape[0]
     theta0 = start_points(DEFAULT_START, b)
 

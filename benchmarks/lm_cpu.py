@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,11 +22,8 @@ import numpy as np
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, start_points
 from jaxlasp.fit.driver import SLOTS, fit_batch
-from jaxlasp.grids import lamost_fit_grid
-from jaxlasp.io.pylasp_group import read_pylasp_group
-from jaxlasp.model import build_forward_model
+from sample import load_sample
 
-GROUP = Path(__file__).resolve().parents[1].parent / "shared/data/lamost-dr10-sample/pylasp_group0.npz"
 
 
 def main():
@@ -37,15 +33,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slots", type=int, nargs="+", default=[SLOTS])
     args = parser.parse_args()
-    if not GROUP.exists():
-        raise SystemExit(f"needs the LAMOST sample at {GROUP}")
-    emulator, data = read_pylasp_group(GROUP)
-    grid = lamost_fit_grid(emulator.grid)
-    fm = build_forward_model(emulator, grid)
-    flux25 = data["spectra"].astype(np.float64)
-    flux25 /= np.median(flux25, axis=1, keepdims=True)
-    weights25 = np.ones_like(flux25)
-    weights25[:, -1] = 0.0
+    emulator, fm, flux25, weights25 = load_sample()
+    grid = fm.grid
     print(f"# device {jax.devices()[0].device_kind}, {jax.device_count()} device(s), float64, "
           f"{grid.n} pixels, start {DEFAULT_START}, median of {args.repeats}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -30,15 +29,12 @@ import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.emulators.tgm import N_TERMS, regime_design
 from jaxlasp.fit import lm
 from jaxlasp.fit.driver import lm_jacobian, lm_residual, parameter_box
-from jaxlasp.grids import lamost_fit_grid
-from jaxlasp.io.pylasp_group import read_pylasp_group
 from jaxlasp.model import (
-    FEH, LN_TEFF, LOGG, MU, SIGMA, broadened, build_forward_model, theta_from_physical)
+    FEH, LN_TEFF, LOGG, MU, SIGMA, broadened, theta_from_physical)
 from jaxlasp.spectral.broaden import broaden
 from jaxlasp.spectral.continuum import (
     PolynomialFit, cholesky_lower, polynomial_fit, polynomial_tangents)
-
-GROUP = Path(__file__).resolve().parents[1].parent / "shared/data/lamost-dr10-sample/pylasp_group0.npz"
+from sample import load_sample
 
 
 def stage_functions(fm):
@@ -144,16 +140,9 @@ def main():
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    if not GROUP.exists():
-        raise SystemExit(f"needs the LAMOST sample at {GROUP}")
-    emulator, data = read_pylasp_group(GROUP)
-    grid = lamost_fit_grid(emulator.grid)
-    fm = build_forward_model(emulator, grid)
     b = args.batch
-    flux = np.resize(data["spectra"].astype(np.float64), (b, grid.n))
-    flux /= np.median(flux, axis=1, keepdims=True)
-    weights = np.ones_like(flux)
-    weights[:, -1] = 0.0
+    emulator, fm, flux, weights = load_sample(b)
+    grid = fm.grid
     rng = np.random.default_rng(1)
     teff = np.exp(rng.uniform(np.log(3800.0), np.log(9500.0), b))
     theta = theta_from_physical(teff, rng.uniform(1.0, 5.0, b), rng.uniform(-1.5, 0.4, b),

@@ -28,6 +28,16 @@ ELODIE = SAMPLE / "elodie32_flux_tgm_4199-5700.fits"
 GROUP = SAMPLE / "pylasp_group0.npz"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module: one process compiles thousands of
+    shapes over the suite, and XLA's CPU compiler crashed (SIGSEGV) late in such a run."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 def need(path: Path) -> Path:
     """Skip the test unless ``path`` exists (the real data is in ../shared, absent for users)."""
     if not path.exists():
