@@ -44,7 +44,8 @@ def recovery_summary(truth: dict, table) -> str:
 
 def run_demo(n: int = 200, snr: float = 50.0, seed: int = 0,
              output_dir: Path = Path("jaxlasp-demo")) -> int:
-    """Simulate ``n`` spectra at signal-to-noise ``snr``, fit, print the summary; exit code."""
+    """Simulate ``n`` spectra at signal-to-noise ``snr``, fit, print the summary; exit code 0
+    (the spectra that did not converge are counted in the summary and flagged in the catalog)."""
     if n < 1 or not snr > 0:
         raise ValueError(f"need n ≥ 1 and snr > 0 (got n={n}, snr={snr})")
     t0 = time.perf_counter()
@@ -75,4 +76,4 @@ def run_demo(n: int = 200, snr: float = 50.0, seed: int = 0,
     print("fitted − true over the converged spectra:")
     print(recovery_summary(truth_columns, table))
     print(f"wrote {catalog} and {figure} ({time.perf_counter() - t0:.1f} s in all)")
-    return 0 if n_ok == n else 3
+    return 0
