@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -26,10 +27,18 @@ UNITS = {"rv": "km/s", "rv_err": "km/s", "teff": "K", "teff_err": "K", "logg": "
          "logg_err": "dex", "feh": "dex", "feh_err": "dex", "sigma": "km/s"}
 
 
+DEMO_MODEL = "demo"
+"""Model name of the embedded demo emulator (``jaxlasp.emulators.demo``; synthetic, not ELODIE)."""
+
+
 def load_model(model) -> TGMEmulator:
-    """A TGM emulator from a path or an already loaded emulator."""
+    """A TGM emulator from a path, ``DEMO_MODEL`` or an already loaded emulator."""
     if isinstance(model, TGMEmulator):
         return model
+    if model == DEMO_MODEL:
+        from jaxlasp.emulators.demo import demo_emulator
+
+        return demo_emulator()
     from jaxlasp.io import read_tgm
 
     return read_tgm(model)
@@ -112,16 +121,36 @@ def initial_points(start, batch: int, fm: ForwardModel):
     return theta0
 
 
-def fit(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
-        max_iter: int | None) -> FitResult:
-    """Run the chosen optimiser on a batch from θ₀, or from the global start when θ₀ is None
-    (``max_iter`` None: the method's default)."""
+@lru_cache(maxsize=None)
+def group_fitter(method: str, clean: bool, max_iter: int | None, global_start: bool):
+    """The batch fit as a function of arrays: (fm, flux, weights) for the global start, else
+    (fm, θ₀, flux, weights); one function object per setting, so compiled programs are reused."""
     from jaxlasp.fit.start import fit_multistart, fit_one_method
 
-    if theta0 is None:
-        return fit_multistart(fm, flux, weights, method=method, clean=clean, max_iter=max_iter)
-    return fit_one_method(fm, theta0, flux, weights, method=method, clean=clean,
-                          max_iter=max_iter)
+    if global_start:
+        def fit_group(fm, flux, weights):
+            return fit_multistart(fm, flux, weights, method=method, clean=clean,
+                                  max_iter=max_iter)
+    else:
+        def fit_group(fm, theta0, flux, weights):
+            return fit_one_method(fm, theta0, flux, weights, method=method, clean=clean,
+                                  max_iter=max_iter)
+    return fit_group
+
+
+def fit(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
+        max_iter: int | None, devices: int | None = None) -> FitResult:
+    """Run the chosen optimiser on a batch from θ₀, or from the global start when θ₀ is None
+    (``max_iter`` None: the method's default). ``devices``: local devices to split the batch
+    over (None: all of the default backend; ``jaxlasp.parallel.devices``)."""
+    from jaxlasp.parallel.devices import device_mesh, run_sharded
+
+    fit_group = group_fitter(method, clean, max_iter, theta0 is None)
+    batch = (flux, weights) if theta0 is None else (theta0, flux, weights)
+    mesh = device_mesh(devices)
+    if mesh.size == 1:
+        return fit_group(fm, *batch)
+    return run_sharded(fit_group, mesh, fm, *(np.asarray(a) for a in batch))
 
 
 def check_method(method: str) -> None:
@@ -132,7 +161,7 @@ def check_method(method: str) -> None:
 
 def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = None,
                method: str = "lm", clean: bool = False, start=DEFAULT_START,
-               max_iter: int | None = None):
+               max_iter: int | None = None, devices: int | None = None):
     """Fit spectra already on one observed grid; returns an astropy Table (one row per spectrum).
 
     flux: (b, n) flux (any scale: the multiplicative polynomial absorbs it).
@@ -142,6 +171,7 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     "global" for the global start (a grid scan scored by χ², then fits from the best distinct
     candidates: robust against the regime traps of a fixed start, ~4× the cost).
     method: "lm" (Levenberg–Marquardt) or "adam" (per-spectrum Adam, ``jaxlasp.fit.adam``).
+    devices: local devices the batch is split over (None: all; ``jaxlasp.parallel.devices``).
     """
     check_method(method)
     emulator = load_model(model)
@@ -153,7 +183,8 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     ids = [str(i) for i in range(len(flux))] if ids is None else list(ids)
     fm = build_forward_model(emulator, grid)
     theta0 = initial_points(start, len(flux), fm)
-    result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter)
+    result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter,
+                 devices=devices)
     columns = result_columns(result, grid)
     return make_table(ids, columns, [describe_flags(f) for f in columns["flags"]])
 
@@ -182,8 +213,10 @@ def empty_columns(n: int) -> dict[str, np.ndarray]:
 
 
 def fit_spectra(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = False,
-                start=DEFAULT_START, weighting: str = "none", max_iter: int | None = None):
-    """Fit spectra already cut to ``fm.grid`` (``LamostSpectrum``-like) as one batch.
+                start=DEFAULT_START, weighting: str = "none", max_iter: int | None = None,
+                devices: int | None = None):
+    """Fit spectra already cut to ``fm.grid`` (``LamostSpectrum``-like) as one batch (split over
+    ``devices`` local devices, None: all).
 
     Returns (columns, reasons): the result columns of ``result_columns`` with the reader's flags
     added (shifted by ``INPUT_FLAG_SHIFT``), and the names of the flags set per spectrum.
@@ -191,7 +224,8 @@ def fit_spectra(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = 
     flux = np.stack([s.normalised_flux() for s in spectra])
     weights = np.stack([lamost_weights(s, weighting) for s in spectra])
     theta0 = initial_points(start, len(spectra), fm)
-    result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter)
+    result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter,
+                 devices=devices)
     columns = result_columns(result, fm.grid)
     input_flags = np.array([s.flags for s in spectra], np.int64) << INPUT_FLAG_SHIFT
     columns["flags"] = columns["flags"] | input_flags
@@ -228,7 +262,8 @@ def read_for_fit(path, grid: LogGrid, window, format: str = "auto") -> list[Read
 
 
 def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DEFAULT_START,
-              window=(4200.0, 5700.0), weighting: str = "none", max_iter: int | None = None):
+              window=(4200.0, 5700.0), weighting: str = "none", max_iter: int | None = None,
+              devices: int | None = None):
     """Fit spectrum files (LAMOST DR9/DR10, DESI coadds, … see ``jaxlasp.io.read_spectra``);
     returns an astropy Table with one row per spectrum, in input order.
 
@@ -248,7 +283,7 @@ def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DE
         fm = build_forward_model(emulator, grid)
         fitted, fit_reasons = fit_spectra(fm, [reads[i].spectrum for i in ok], method=method,
                                           clean=clean, start=start, weighting=weighting,
-                                          max_iter=max_iter)
+                                          max_iter=max_iter, devices=devices)
         for name, values in fitted.items():
             columns[name][ok] = values
         for k, i in enumerate(ok):

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_option(fit)
     _fit_options(fit)
     fit.add_argument("--group-size", type=int, default=64,
-                     help="spectra fitted together in one compiled batch (default 64)")
+                     help="spectra per device fitted together in one compiled batch (default 64)")
+    fit.add_argument("--devices", type=int, default=None, metavar="N",
+                     help="local devices (GPUs) each group is split over (default: all)")
     fit.add_argument("--max-iter", type=int, default=None, help="iteration cap per fit")
     fit.add_argument("-o", "--output", default="catalog.ecsv",
                      help="catalog: .csv, .ecsv, .fits or .parquet (default catalog.ecsv)")
@@ -92,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run: keep rows already written, fit the rest")
     fit.add_argument("--device", choices=("cpu", "gpu"), default=None,
                      help="run on this device (default: JAX's default device)")
+    cluster = fit.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="fit on the Dask cluster of this scheduler (tcp://host:8786)")
+    cluster.add_argument("--dask-workers", type=int, metavar="N",
+                         help="fit on a local Dask cluster of N worker processes")
+    fit.add_argument("--chunk-files", type=int, default=512, metavar="N",
+                     help="files per cluster task and part file (default 512)")
     _common(fit)
 
     demo = sub.add_parser("demo", help="simulate spectra from the demo model, fit, compare")
@@ -207,17 +216,30 @@ def cmd_fit(args) -> int:
     options = FitOptions(method=args.method, clean=args.clean, start=args.start,
                          window=tuple(args.window), weighting=args.weighting,
                          max_iter=args.max_iter, group_size=args.group_size,
-                         format=args.format)
+                         format=args.format, devices=args.devices)
     log.info("model: %s", source)
     try:
-        summary = run(args.paths, emulator, args.output, options, resume=args.resume,
-                      quiet=args.quiet)
-    except (CatalogError, ValueError, OSError) as err:
+        if args.scheduler or args.dask_workers:
+            summary = _fit_on_cluster(args, options)
+        else:
+            summary = run(args.paths, emulator, args.output, options, resume=args.resume,
+                          quiet=args.quiet)
+    except (CatalogError, ValueError, OSError, ImportError) as err:
         raise UsageError(str(err)) from err
     log.info("%d rows written to %s (%d newly fitted in %.1f s); %d not fitted or not "
              "converged, of which %d unreadable", summary.rows, args.output, summary.fitted,
              summary.seconds, summary.failed, summary.unreadable)
     return EXIT_SOME_FAILED if summary.failed else 0
+
+
+def _fit_on_cluster(args, options):
+    """``fit`` on Dask: workers load the model themselves (once each), by absolute path."""
+    from jaxlasp.parallel.cluster import run_cluster
+
+    model = args.model if args.model == DEMO else str(Path(args.model).absolute())
+    return run_cluster(args.paths, model, args.output, options, scheduler=args.scheduler,
+                       workers=args.dask_workers, chunk_files=args.chunk_files,
+                       resume=args.resume, quiet=args.quiet)
 
 
 def cmd_info(args) -> int:

@@ -340,3 +340,36 @@ def simulate(model: TGMEmulator | ForwardModel, truth: MockTruth, grid: LogGrid 
     ids = np.array([f"mock-{i:05d}" for i in range(n)])
     return MockSpectra(flux, ivar, weights, noiseless, shape, spikes > 0, bad, snr, truth, ids,
                        fm.grid)
+
+
+FILE_PAD = 10
+"""Pixels added on each side when mocks are written as files (so they cover the fit window)."""
+
+
+def write_mock_files(mock: MockSpectra, folder, level: float = 1000.0) -> list:
+    """Write each mock spectrum as a LAMOST DR10 FITS file ``<folder>/<id>.fits``; returns the
+    paths in ``mock`` order.
+
+    The flux is scaled to a median of about ``level`` (LAMOST-like counts; the reader's normaliser
+    is max(median, 1)) with ivar scaled to match, and extended by ``FILE_PAD`` edge-valued pixels
+    of ivar 0 on each side, so that the file covers the fit window and ``jaxlasp.fit_files`` cuts
+    out exactly ``mock.grid``. Needs astropy.
+    """
+    from pathlib import Path
+
+    from jaxlasp.io.lamost import write_lamost
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = LogGrid(mock.grid.ln_start - FILE_PAD * mock.grid.step, mock.grid.step,
+                   mock.grid.n + 2 * FILE_PAD)
+    scale = level / np.maximum(np.median(mock.noiseless, axis=1), 1e-30)
+    ivar = np.where(np.isinf(mock.ivar), 1e30, mock.ivar)
+    paths = []
+    for k, spectrum_id in enumerate(mock.ids):
+        flux = np.pad(mock.flux[k] * scale[k], FILE_PAD, mode="edge")
+        weight = np.pad(ivar[k] / scale[k] ** 2, FILE_PAD)
+        path = folder / f"{spectrum_id}.fits"
+        write_lamost(path, grid, flux, weight)
+        paths.append(path)
+    return paths

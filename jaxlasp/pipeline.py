@@ -55,6 +55,14 @@ class FitOptions:
     max_iter: int | None = None
     group_size: int = 64
     format: str = "auto"
+    devices: int | None = None
+
+    def capacity(self) -> int:
+        """Spectra per group: ``group_size`` per device, over ``devices`` local devices (None:
+        all of the default backend)."""
+        from jaxlasp.parallel.devices import device_mesh
+
+        return self.group_size * device_mesh(self.devices).size
 
 
 class Record(NamedTuple):
@@ -169,19 +177,20 @@ def prefetch(iterator: Iterator, depth: int = 1) -> Iterator:
         stop.set()
 
 
-def fit_group(fm: ForwardModel, group: list[Record], options: FitOptions):
+def fit_group(fm: ForwardModel, group: list[Record], options: FitOptions, capacity: int):
     """The catalog table of one group: its readable spectra fitted as one batch padded to
-    ``options.group_size`` (so every group has the compiled shape), the others as failure rows."""
+    ``capacity`` (so every group has the compiled shape), the others as failure rows."""
     good = [k for k, r in enumerate(group) if r.spectrum is not None]
     columns = empty_columns(len(group))
     reasons = [r.reason for r in group]
     if good:
         spectra = [group[k].spectrum for k in good]
-        padded = spectra + [spectra[0]] * (options.group_size - len(spectra))
+        padded = spectra + [spectra[0]] * (capacity - len(spectra))
         try:
             fitted, fit_reasons = fit_spectra(
                 fm, padded, method=options.method, clean=options.clean, start=options.start,
-                weighting=options.weighting, max_iter=options.max_iter)
+                weighting=options.weighting, max_iter=options.max_iter,
+                devices=options.devices)
         except Exception as err:  # a failed group is recorded, never fatal
             log.error("fitting a group of %d spectra failed: %s", len(good), err)
             for k in good:
@@ -295,40 +304,22 @@ def run(inputs, model, output, options: FitOptions = FitOptions(), *, resume: bo
     accident). Raises ValueError for bad options (method, start outside the domain, output).
     """
     t0 = time.perf_counter()
-    check_method(options.method)
-    if options.group_size < 1:
-        raise ValueError(f"group size must be ≥ 1, not {options.group_size}")
-    if options.format != "auto":
-        get_reader(options.format)  # ValueError naming the registered readers
     output = Path(output)
-    check_writable(output)
-    if not resume and (output.exists() or parts_folder(output).exists()):
-        raise ValueError(f"{output} (or its parts folder) already exists: pass resume=True "
-                         "(--resume) to continue it, or remove it")
-    emulator = load_model(model)
-    fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, tuple(options.window)))
-    initial_points(options.start, 1, fm)  # ValueError for a start outside the domain
+    check_run(output, options, resume)
+    options.capacity()  # ValueError for more devices than this process has
+    fm = prepare_model(model, options)
     paths = expand_inputs(inputs)
-    order = {str(p): k for k, p in enumerate(paths)}
     tables, complete, keys = load_done(output) if resume else ([], set(), set())
     todo = [p for p in paths if str(p) not in complete]
-    log.info("%d input files, %d already done, %d to fit (%s, clean=%s, group size %d)",
+    log.info("%d input files, %d already done, %d to fit (%s, clean=%s, %d spectra per group)",
              len(paths), len(paths) - len(todo), len(todo), options.method, options.clean,
-             options.group_size)
-
-    def records():
-        for path in todo:
-            for record in read_records(path, fm, options.window, options.format):
-                if (record.path, record.id) not in keys:
-                    yield record
-
+             options.capacity())
     folder = parts_folder(output)
     folder.mkdir(exist_ok=True)
     next_part = len(_part_files(output))
     progress = Progress(len(todo), quiet)
     files = spectra = failed = 0
-    for group in prefetch(group_records(records(), options.group_size)):
-        table = fit_group(fm, group, options)
+    for group, table in fit_paths(fm, todo, options, keys):
         write_catalog(table, folder / f"part-{next_part:06d}.ecsv")
         next_part += 1
         tables.append(normalise(table))
@@ -336,10 +327,52 @@ def run(inputs, model, output, options: FitOptions = FitOptions(), *, resume: bo
         spectra += len(group)
         failed += int(np.count_nonzero(~np.asarray(table["converged"])))
         progress.update(files, spectra, failed)
-    catalog = merge(tables, order)
+    return finish_catalog(output, tables, paths, spectra, t0)
+
+
+def check_run(output: Path, options: FitOptions, resume: bool) -> None:
+    """Raise ValueError for bad options or an output that exists without ``resume``."""
+    check_method(options.method)
+    if options.group_size < 1:
+        raise ValueError(f"group size must be ≥ 1, not {options.group_size}")
+    if options.format != "auto":
+        get_reader(options.format)  # ValueError naming the registered readers
+    check_writable(output)
+    if not resume and (output.exists() or parts_folder(output).exists()):
+        raise ValueError(f"{output} (or its parts folder) already exists: pass resume=True "
+                         "(--resume) to continue it, or remove it")
+
+
+def prepare_model(model, options: FitOptions) -> ForwardModel:
+    """The forward model for ``options.window``; ValueError for a start outside its domain."""
+    emulator = load_model(model)
+    fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, tuple(options.window)))
+    initial_points(options.start, 1, fm)
+    return fm
+
+
+def fit_paths(fm: ForwardModel, paths, options: FitOptions, skip=frozenset()):
+    """(group, table) for each group of the spectra in ``paths`` (in order, read on a background
+    thread while the previous group is fitted); spectra whose (path, id) is in ``skip`` are left
+    out (already in the catalog)."""
+    def records():
+        for path in paths:
+            for record in read_records(path, fm, options.window, options.format):
+                if (record.path, record.id) not in skip:
+                    yield record
+
+    capacity = options.capacity()
+    for group in prefetch(group_records(records(), capacity)):
+        yield group, fit_group(fm, group, options, capacity)
+
+
+def finish_catalog(output: Path, tables, paths, fitted: int, t0: float) -> Summary:
+    """Merge ``tables`` in the order of ``paths`` into ``output``, remove the parts folder and
+    summarise the run (``fitted`` spectra this run, started at ``t0``)."""
+    catalog = merge(tables, {str(p): k for k, p in enumerate(paths)})
     write_catalog(catalog, output)
-    shutil.rmtree(folder)  # the parts, and any temporary file an earlier kill left behind
+    shutil.rmtree(parts_folder(output), ignore_errors=True)  # parts and stale temporary files
     failures = ~np.asarray(catalog["converged"], bool)
     unreadable = (np.asarray(catalog["flags"]) & READ_ERROR) != 0
-    return Summary(len(catalog), int(failures.sum()), int(unreadable.sum()), spectra,
+    return Summary(len(catalog), int(failures.sum()), int(unreadable.sum()), fitted,
                    time.perf_counter() - t0)

@@ -58,3 +58,14 @@ def elodie():
     from jaxlasp.io import read_tgm
 
     return read_tgm(need(ELODIE))
+
+
+@pytest.fixture(scope="session")
+def demo_fm():
+    """The embedded demo emulator's forward model on its LAMOST 4200–5700 Å fit grid."""
+    from jaxlasp.emulators.demo import demo_emulator
+    from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.model import build_forward_model
+
+    emulator = demo_emulator()
+    return build_forward_model(emulator, lamost_fit_grid(emulator.grid))

@@ -93,3 +93,25 @@ def test_covariance_matches_curve_fit():
                                           p0=[1.5, 1.0, 0.0], xtol=1e-14, ftol=1e-14)
     np.testing.assert_allclose(state.theta[0], popt, rtol=1e-6)
     np.testing.assert_allclose(cov, pcov, rtol=1e-4)
+
+
+def linear(theta, shared, data):
+    """Residuals A·θ − b (shared = A, data = b)."""
+    return shared @ theta - data
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_bounded_linear_problem_converges_to_lsq_linear(seed):
+    """Optima on bounds: LM converges (holding the pinned parameters) to scipy's bounded
+    solution instead of running to the iteration cap."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(40, 4))
+    b = a @ rng.normal(0, 2, 4) + rng.normal(0, 0.1, 40)
+    lower, upper = np.full(4, -1.0), np.full(4, 1.0)
+    state = lm.run(linear, jnp.zeros((1, 4)), jnp.asarray(a), jnp.asarray(b[None]),
+                   lower=lower, upper=upper, max_iter=200)
+    ref = scipy.optimize.lsq_linear(a, b, bounds=(lower, upper), tol=1e-14)
+    assert int(state.status[0]) in (lm.FTOL, lm.XTOL), int(state.n_iter[0])
+    assert float(state.cost[0]) == pytest.approx(ref.cost, rel=1e-8, abs=1e-12)
+    np.testing.assert_allclose(state.theta[0], ref.x, atol=1e-5)

@@ -25,9 +25,8 @@ model_components = jax.jit(components)
 
 
 @pytest.fixture(scope="module")
-def fm():
-    emulator = demo_emulator()
-    return build_forward_model(emulator, lamost_fit_grid(emulator.grid))
+def fm(demo_fm):
+    return demo_fm
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +330,21 @@ def test_fit_recovers_the_truth():
     for name in ("rv", "teff", "logg", "feh"):
         pulls = (table[name][noisy] - getattr(truth, name)[noisy]) / table[name + "_err"][noisy]
         assert np.all(np.abs(pulls) < 4), (name, pulls)
+
+
+def test_mock_files_are_read_back_onto_the_mock_grid(fm, tmp_path):
+    from jaxlasp.api import read_for_fit
+    from jaxlasp.mock import write_mock_files
+
+    mock = simulate(fm, draw_parameters(3, seed=2, domain=fm.emulator.domain), snr=40.0, seed=1,
+                    bad_pixels=5)
+    paths = write_mock_files(mock, tmp_path)
+    for k, path in enumerate(paths):
+        (read,) = read_for_fit(path, fm.grid, (4200.0, 5700.0))
+        assert read.id == mock.ids[k] and read.reason == ""
+        spectrum = read.spectrum
+        good = ~mock.bad[k]
+        scale = np.median(spectrum.flux[good] / mock.flux[k, good])
+        np.testing.assert_allclose(spectrum.flux, mock.flux[k] * scale, rtol=1e-6, atol=1e-3)
+        np.testing.assert_allclose(spectrum.ivar * scale**2, mock.ivar[k], rtol=1e-5)
+        assert np.all((spectrum.ivar == 0) == mock.bad[k])

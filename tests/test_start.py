@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 
 from jaxlasp.api import start_points
-from jaxlasp.emulators.demo import demo_emulator
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain
 from jaxlasp.fit.driver import fit_batch
 from jaxlasp.fit.start import (
     SEPARATION, best_of, clip_outliers, default_grid, distinct_best, fit_multistart, global_start)
-from jaxlasp.grids import lamost_fit_grid
 from jaxlasp.mock import draw_parameters, simulate
-from jaxlasp.model import LN_TEFF, MU, build_forward_model
+from jaxlasp.model import LN_TEFF, MU
 
 N = 16
 FIXED_START = (7500.0, 3.5, -0.5)
@@ -33,9 +31,8 @@ TRAPPED_SNR50 = (1, 4)
 
 
 @pytest.fixture(scope="module")
-def fm():
-    emulator = demo_emulator()
-    return build_forward_model(emulator, lamost_fit_grid(emulator.grid))
+def fm(demo_fm):
+    return demo_fm
 
 
 @pytest.fixture(scope="module")

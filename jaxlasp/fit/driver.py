@@ -36,7 +36,8 @@ NONFINITE = 2              # non-finite residuals at the start or the solution
 NEGATIVE_POLYNOMIAL = 4    # multiplicative polynomial ≤ 0 on some fitted pixel
 AT_BOUND = 8               # solution on a bound of the parameter box
 FEW_PIXELS = 16            # fewer than MIN_GOOD_PIXELS good pixels
-DEGENERATE = 64            # a parameter has (almost) no effect: singular covariance
+DEGENERATE = 64            # a parameter (almost) without effect: singular covariance, or an
+#                            error wider than the parameter's whole box
 FLAG_NAMES = {NOT_CONVERGED: "not_converged", NONFINITE: "nonfinite", NEGATIVE_POLYNOMIAL:
               "negative_polynomial", AT_BOUND: "at_bound", FEW_PIXELS: "few_pixels",
               DEGENERATE: "degenerate"}
@@ -134,7 +135,9 @@ def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
         cov = lm.covariance(st.jac, st.resid, n_used)
         normal_diag = jnp.sum(st.jac * st.jac, axis=1)
         inflation = jnp.diagonal(cov) * normal_diag * (n_used - 5) / (st.resid @ st.resid)
-        degenerate = ~jnp.all(jnp.isfinite(inflation) & (inflation < MAX_VARIANCE_INFLATION))
+        unconstrained = jnp.sqrt(jnp.abs(jnp.diagonal(cov))) > upper - lower
+        degenerate = ~jnp.all(jnp.isfinite(inflation) & (inflation < MAX_VARIANCE_INFLATION)
+                              & ~unconstrained)
         loss = jnp.sqrt(jnp.sum(comps.residuals ** 2) / n_used)
         _, _, negative, nonfinite = model_flags(fm, st.theta, comps, used)
         span = upper - lower
@@ -145,6 +148,14 @@ def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
                  + FEW_PIXELS * (n_used < MIN_GOOD_PIXELS) + DEGENERATE * degenerate)
         return cov, loss, flags
     return jax.vmap(one)(state, flux, weights, good)
+
+
+def active_count(active, batch: int) -> int:
+    """Spectra still cycling (a host sync), or ``batch`` while ``active`` is traced (inside
+    ``jit``/``shard_map`` every cycle runs: a fit with no active member costs almost nothing)."""
+    if isinstance(active, jax.core.Tracer):
+        return batch
+    return int(jnp.sum(active))
 
 
 CLEAN_FTOL0 = 1e-2
@@ -199,7 +210,7 @@ def run_clean_schedule(fm: ForwardModel, theta0, flux, weights, *, ftol, xtol, m
             tol = jnp.where(keep_start & (j + 1 < MAX_CLEAN), CLEAN_FTOL0, next_tolerance(j))
         start = jnp.where((changed & ~keep_start)[:, None], theta, start)
         active = changed
-        n_active = int(jnp.sum(active))
+        n_active = active_count(active, batch)
         if n_active == 0:
             break
     return CleanOutcome(theta, good, n_iter, n_clean, n_cycles)

@@ -7,7 +7,9 @@ has converged or hit the iteration cap. A converged (inactive) member stops chan
 Damping: classic Marquardt, (JᵀJ + λ·diag(D)) δ = −Jᵀr with D the running maximum of diag(JᵀJ)
 (MINPACK's automatic scaling); λ is updated from the gain ratio ρ = actual/predicted reduction
 with Nielsen's rule (λ·max(⅓, 1 − (2ρ − 1)³) on success, λ·ν and ν·2 on failure). The trial point
-is projected onto the box [lower, upper], so parameters never leave it. Convergence as in MINPACK:
+is projected onto the box [lower, upper], so parameters never leave it, and a parameter on a bound
+whose descent direction points out of the box is held there (removed from the damped system) so
+that the others converge as in an unbounded problem. Convergence as in MINPACK:
 ``ftol`` on the relative actual and predicted reductions of Σr², ``xtol`` on the relative scaled
 step length.
 
@@ -100,12 +102,19 @@ def pending(theta, resid, jac, ftol, xtol) -> LMState:
     return state._replace(status=jnp.full_like(state.status, PENDING))
 
 
-def solve_damped(jac, resid, scale, damping):
-    """Step δ solving (JᵀJ + λ·diag(D)) δ = −Jᵀr, and (JᵀJ, Jᵀr); ``jac`` is Jᵀ (p, n)."""
+def pinned_at_bound(theta, grad, lower, upper):
+    """Parameters on a bound of the box whose descent direction (−Jᵀr) points out of it."""
+    return ((theta <= lower) & (grad > 0)) | ((theta >= upper) & (grad < 0))
+
+
+def solve_damped(jac, resid, scale, damping, free=None):
+    """Step δ solving (JᵀJ + λ·diag(D)) δ = −Jᵀr over the ``free`` parameters (the others keep
+    δ = 0; default all free), and (JᵀJ, Jᵀr); ``jac`` is Jᵀ (p, n)."""
     normal = jac @ jac.T
     grad = jac @ resid
-    low = cholesky_lower(normal + damping * jnp.diag(scale))
-    delta = -cholesky_solve(low, grad)
+    f = jnp.ones_like(grad) if free is None else free.astype(grad.dtype)
+    system = (normal + damping * jnp.diag(scale)) * jnp.outer(f, f) + jnp.diag(1 - f)
+    delta = -cholesky_solve(cholesky_lower(system), grad * f)
     return delta, normal, grad
 
 
@@ -118,7 +127,8 @@ def step(fun: Callable, lower, upper, max_iter: int, state: LMState, shared, dat
     """
     active = state.status == RUNNING
     fresh = state.status == PENDING
-    delta, normal, grad = solve_damped(state.jac, state.resid, state.scale, state.damping)
+    free = ~pinned_at_bound(state.theta, state.jac @ state.resid, lower, upper)
+    delta, normal, grad = solve_damped(state.jac, state.resid, state.scale, state.damping, free)
     trial = jnp.clip(state.theta + delta, lower, upper)
     delta = trial - state.theta
     predicted = -(grad @ delta + 0.5 * delta @ normal @ delta)

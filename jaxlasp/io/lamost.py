@@ -243,3 +243,39 @@ def file_stem(path) -> str:
     name = Path(path).name
     name = name[:-3] if name.lower().endswith(".gz") else name
     return name.rsplit(".", 1)[0] if name.lower().endswith((".fits", ".fit")) else name
+
+
+def write_lamost(path, grid: LogGrid, flux, ivar=None, andmask=None) -> None:
+    """Write one spectrum in the public LAMOST DR10 layout (``read_lamost`` reads it back).
+
+    grid: the pixels' air ln-λ grid (written as log10 CRVAL1/CD1_1, VACUUM = False).
+    flux, ivar [flux⁻²], andmask (0 = good): arrays of ``grid.n`` values (ivar default 1,
+    andmask default 0). Written atomically (temp file, then rename). Needs astropy.
+    """
+    import os
+    import tempfile
+
+    from astropy.io import fits
+
+    flux = np.asarray(flux, np.float32)
+    if flux.shape != (grid.n,):
+        raise ValueError(f"flux has shape {flux.shape}, the grid {grid.n} pixels")
+    ivar = np.ones_like(flux) if ivar is None else np.asarray(ivar, np.float32)
+    andmask = np.zeros(grid.n, np.int32) if andmask is None else np.asarray(andmask, np.int32)
+    ln10 = math.log(10.0)
+    header = fits.Header({"CRVAL1": grid.ln_start / ln10, "CD1_1": grid.step / ln10,
+                          "CRPIX1": 1, "DC-FLAG": 1, "VACUUM": False})
+    columns = [fits.Column(name, format=f"{grid.n}{code}", array=values[None])
+               for name, code, values in (("FLUX", "E", flux), ("IVAR", "E", ivar),
+                                          ("ANDMASK", "J", andmask))]
+    hdus = fits.HDUList([fits.PrimaryHDU(header=header),
+                         fits.BinTableHDU.from_columns(columns, name="COADD")])
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".fits", dir=path.parent)
+    os.close(fd)
+    try:
+        hdus.writeto(tmp, overwrite=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

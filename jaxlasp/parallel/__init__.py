@@ -1,0 +1,1 @@
+"""Scale-out: one group over all local devices (``devices``), many hosts with Dask (``cluster``)."""

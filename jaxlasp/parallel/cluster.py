@@ -1,0 +1,206 @@
+"""Fit many files on a Dask cluster: chunks of files, one part file per chunk, one final merge.
+
+The client (``run_cluster``) expands the inputs, leaves out the files a resumed catalog already
+holds, cuts the rest into chunks of ``chunk_files`` files and submits one task per chunk. A worker
+(``fit_chunk``) fits its chunk exactly as the single-process pipeline does (same groups, padding
+and flags; the model is loaded once per worker process and its compiled programs are reused) and
+writes the chunk's rows atomically as its own part file, ``<catalog>.parts/part-chunk-<hash>.ecsv``
+(named by the chunk's content, so a retried chunk overwrites its own part and never duplicates
+rows). When every chunk is done the client merges the parts in input order into the catalog.
+
+Failures: a task that raises is retried ``retries`` times; a worker that dies (killed, out of
+memory, node lost) has its chunk rescheduled on another worker by Dask's scheduler. A chunk that
+still fails becomes rows flagged ``READ_ERROR`` with the reason, so every input has a row. An
+interrupted run is resumed with ``resume=True``: finished chunks are kept, the rest is re-chunked.
+
+The parts are ECSV (text, exact float64 round trip, no optional dependency, and they carry the
+list of completed files that resuming needs); the merged catalog has the format of its suffix.
+Workers must see the inputs and the catalog's folder at the same paths (a shared file system).
+``dask[distributed]`` is an optional extra (``pip install 'jaxlasp[cluster]'``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from jaxlasp.api import empty_columns, make_table
+from jaxlasp.io.catalog import write_catalog
+from jaxlasp.io.lamost import file_stem
+from jaxlasp.pipeline import (
+    FitOptions, Progress, Summary, check_run, expand_inputs, finish_catalog, fit_paths,
+    load_done, normalise, parts_folder, prepare_model)
+
+log = logging.getLogger("jaxlasp")
+
+CHUNK_FILES = 512
+"""Default number of input files per chunk (one task, one part file)."""
+RETRIES = 2
+"""Default number of times a chunk whose task raised is tried again."""
+
+
+class ChunkReport(NamedTuple):
+    """What a worker did with one chunk."""
+
+    part: str      # the part file written
+    files: int
+    spectra: int
+    failed: int    # rows not converged (unreadable included)
+    seconds: float
+    worker: str    # the worker's address ('' outside a Dask worker)
+
+
+def chunk_part_name(paths) -> str:
+    """The part file name of a chunk: a hash of its paths (stable across runs and retries)."""
+    digest = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:16]
+    return f"part-chunk-{digest}.ecsv"
+
+
+@lru_cache(maxsize=4)
+def _worker_model(model: str, options: FitOptions):
+    """The forward model on the worker, built once per (model, options) per process."""
+    return prepare_model(model, options)
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return ""
+
+
+def fit_chunk(paths: list[str], model, options: FitOptions, part: str,
+              skip=frozenset()) -> ChunkReport:
+    """Fit the files ``paths`` and write their rows to the part file ``part`` (atomically).
+
+    model: a TGM path or "demo" (loaded once per process), or an emulator (e.g. scattered by the
+    client). skip: (path, id) pairs already in the catalog, left out.
+    """
+    from astropy.table import vstack
+
+    t0 = time.perf_counter()
+    fm = (_worker_model(str(model), options) if isinstance(model, (str, Path))
+          else prepare_model(model, options))
+    tables = [normalise(table) for _, table in fit_paths(fm, paths, options, skip)]
+    table = (vstack(tables, metadata_conflicts="silent") if tables
+             else normalise(make_table([], empty_columns(0), [])))
+    table.meta["complete_paths"] = list(paths)
+    write_catalog(table, part)
+    failed = int(np.count_nonzero(~np.asarray(table["converged"], bool)))
+    return ChunkReport(part, len(paths), len(table), failed, time.perf_counter() - t0,
+                       _worker_address())
+
+
+def failed_chunk_table(paths, reason: str):
+    """Catalog rows for the files of a chunk that could not be fitted on the cluster."""
+    table = make_table([file_stem(p) for p in paths], empty_columns(len(paths)),
+                       [reason] * len(paths))
+    table["path"] = np.asarray([str(p) for p in paths], dtype=str)
+    table.meta["complete_paths"] = [str(p) for p in paths]
+    return normalise(table)
+
+
+def connect(scheduler: str | None = None, workers: int | None = None):
+    """A ``distributed.Client``: to the scheduler at ``scheduler``, or to a new ``LocalCluster``
+    of ``workers`` single-threaded worker processes. ImportError (with the install command)
+    when dask.distributed is missing."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise ImportError("the cluster runner needs dask.distributed: "
+                          "pip install 'jaxlasp[cluster]' (or 'dask[distributed]')") from err
+    if scheduler:
+        return Client(scheduler)
+    if not workers or workers < 1:
+        raise ValueError("give a scheduler address or a number of local workers ≥ 1")
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    return Client(cluster)
+
+
+def run_cluster(inputs, model, output, options: FitOptions = FitOptions(), *, client=None,
+                scheduler: str | None = None, workers: int | None = None,
+                chunk_files: int = CHUNK_FILES, retries: int = RETRIES, resume: bool = False,
+                quiet: bool = False, on_chunk: Callable[[ChunkReport], None] | None = None
+                ) -> Summary:
+    """Fit every spectrum in ``inputs`` on a Dask cluster and write the catalog ``output``.
+
+    The cluster: ``client`` (a ``distributed.Client``, left open), else ``scheduler`` (address of
+    a running scheduler) or ``workers`` (a LocalCluster of that many processes, closed at the
+    end). model: TGM path, "demo" or an emulator (sent once to every worker). ``on_chunk`` is
+    called on the client with each finished chunk's report. Otherwise as ``pipeline.run``.
+    """
+    t0 = time.perf_counter()
+    output = Path(output).absolute()
+    check_run(output, options, resume)
+    if chunk_files < 1:
+        raise ValueError(f"chunk size must be ≥ 1 file, not {chunk_files}")
+    prepare_model(model, options)  # bad model or start: ValueError here, not on every worker
+    paths = [str(p.absolute()) for p in expand_inputs(inputs)]  # workers' cwd may differ
+    _, complete, keys = load_done(output) if resume else ([], set(), set())
+    todo = [p for p in paths if p not in complete]
+    chunks = [todo[k:k + chunk_files] for k in range(0, len(todo), chunk_files)]
+    folder = parts_folder(output)
+    folder.mkdir(exist_ok=True)
+    fitted = 0
+    if chunks:
+        own_client = client is None
+        client = client or connect(scheduler, workers)
+        try:
+            fitted = _run_chunks(client, chunks, model, options, folder, keys, retries, quiet,
+                                 on_chunk)
+        finally:
+            if own_client:
+                cluster = client.cluster
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+    tables, _, _ = load_done(output)
+    return finish_catalog(output, tables, paths, fitted, t0)
+
+
+def _run_chunks(client, chunks, model, options, folder: Path, keys, retries: int, quiet: bool,
+                on_chunk) -> int:
+    """Submit one task per chunk, collect the reports, write failure parts; spectra fitted."""
+    from distributed import as_completed
+
+    if not isinstance(model, (str, Path)):
+        from jaxlasp.api import load_model
+
+        model = client.scatter(load_model(model), broadcast=True)
+    log.info("%d chunks of ≤ %d files on %d workers", len(chunks),
+             max(map(len, chunks), default=0), len(client.scheduler_info()["workers"]))
+    futures = {}
+    for chunk in chunks:
+        name = chunk_part_name(chunk)
+        members = set(chunk)
+        skip = frozenset(k for k in keys if k[0] in members)
+        future = client.submit(fit_chunk, chunk, model, options, str(folder / name), skip,
+                               key=f"jaxlasp-{name[:-5]}", retries=retries, pure=False)
+        futures[future] = chunk
+    progress = Progress(sum(map(len, chunks)), quiet)
+    files = spectra = failed = 0
+    for future in as_completed(futures):
+        chunk = futures[future]
+        try:
+            report = future.result()
+        except Exception as err:  # retries exhausted or workers lost: rows say why
+            log.error("chunk of %d files (%s …) failed: %s", len(chunk), chunk[0], err)
+            table = failed_chunk_table(chunk, f"fit failed on the cluster: {err}")
+            write_catalog(table, folder / chunk_part_name(chunk))
+            report = ChunkReport(str(folder / chunk_part_name(chunk)), len(chunk), len(chunk),
+                                 len(chunk), 0.0, "")
+        files += report.files
+        spectra += report.spectra
+        failed += report.failed
+        progress.update(files, spectra, failed)
+        if on_chunk is not None:
+            on_chunk(report)
+    return spectra
