@@ -161,9 +161,9 @@ def test_group_mode_stops_together_near_lm(data, adam_fit):
     assert float(group_loss) == pytest.approx(float(spectrum_loss), rel=1e-5)
 
 
-def test_clean_schedule_and_mask(data):
+def test_fixed_clean_schedule_and_mask(data):
     fm, _, theta0, flux, weights = data
-    result, _ = adam.fit_batch_adam(fm, theta0, flux, weights, clean=True)
+    result, _ = adam.fit_batch_adam(fm, theta0, flux, weights, clean=True, clean_schedule="fixed")
     n_iter = np.asarray(result.n_iter)
     scheduled = np.array([np.sum((np.arange(30, 331, 30) < k)) for k in n_iter])
     np.testing.assert_array_equal(result.n_cycles, scheduled)

@@ -53,7 +53,7 @@ def clean(model, resid, good, initial, first_call, noise=None) -> CleanResult:
     counts = jnp.sum(exceed, axis=1)
     acceptable = counts <= MAX_FRACTION * jnp.sum(good)
     level_index = jnp.where(jnp.any(acceptable[:3]), jnp.argmax(acceptable[:3]), 3)
-    level = jnp.asarray(LEVELS)[level_index]
+    level = jnp.asarray(LEVELS, sigma.dtype)[level_index]
     m1 = counts[level_index]
 
     outliers = initial & (excess > level * sigma)
