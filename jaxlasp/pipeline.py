@@ -39,6 +39,8 @@ SPECTRUM_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 """File endings taken from a directory given as input."""
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 """File endings read as lists of input files (one path per line, '#' starts a comment)."""
+PART_SUFFIXES = (".ecsv", ".parquet")
+"""Formats of part files (both keep the table's metadata: the list of completed files)."""
 CATALOG_COLUMNS = (*COLUMNS, "path")
 """Catalog columns: the fit table's columns plus the input file's path."""
 
@@ -215,7 +217,9 @@ def parts_folder(output: Path) -> Path:
 
 def _part_files(output: Path) -> list[Path]:
     folder = parts_folder(output)
-    return sorted(folder.glob("part-*.ecsv")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p for suffix in PART_SUFFIXES for p in folder.glob(f"part-*{suffix}"))
 
 
 def normalise(table):

@@ -97,14 +97,15 @@ def test_killed_worker_still_gives_a_complete_catalog(mock_files, single_process
 
 
 def test_resume_keeps_finished_chunks(mock_files, single_process, client, tmp_path):
-    output = tmp_path / "resumed.ecsv"
+    output = tmp_path / "resumed.parquet"  # Parquet parts
     first = [str(p.absolute()) for p in mock_files[:25]]
     run_cluster(first, DEMO_MODEL, output, OPTIONS, client=client, chunk_files=25, quiet=True)
     reports = []
     summary = run_cluster(mock_files, DEMO_MODEL, output, OPTIONS, client=client,
                           chunk_files=25, resume=True, quiet=True, on_chunk=reports.append)
     assert summary.fitted == N_SPECTRA - 25
-    assert chunk_part_name(first) not in {os.path.basename(r.part) for r in reports}
+    assert all(r.part.endswith(".parquet") for r in reports)
+    assert chunk_part_name(first, output) not in {os.path.basename(r.part) for r in reports}
     assert_same_catalog(read_catalog(output), single_process)
 
 

@@ -4,17 +4,18 @@ The client (``run_cluster``) expands the inputs, leaves out the files a resumed 
 holds, cuts the rest into chunks of ``chunk_files`` files and submits one task per chunk. A worker
 (``fit_chunk``) fits its chunk exactly as the single-process pipeline does (same groups, padding
 and flags; the model is loaded once per worker process and its compiled programs are reused) and
-writes the chunk's rows atomically as its own part file, ``<catalog>.parts/part-chunk-<hash>.ecsv``
-(named by the chunk's content, so a retried chunk overwrites its own part and never duplicates
-rows). When every chunk is done the client merges the parts in input order into the catalog.
+writes the chunk's rows atomically as its own part file, ``<catalog>.parts/part-chunk-<hash>.parquet``
+for a Parquet catalog, ``….ecsv`` otherwise (named by the chunk's content, so a retried chunk
+overwrites its own part and never duplicates rows). When every chunk is done the client merges the parts in input order into the catalog.
 
 Failures: a task that raises is retried ``retries`` times; a worker that dies (killed, out of
 memory, node lost) has its chunk rescheduled on another worker by Dask's scheduler. A chunk that
 still fails becomes rows flagged ``READ_ERROR`` with the reason, so every input has a row. An
 interrupted run is resumed with ``resume=True``: finished chunks are kept, the rest is re-chunked.
 
-The parts are ECSV (text, exact float64 round trip, no optional dependency, and they carry the
-list of completed files that resuming needs); the merged catalog has the format of its suffix.
+Parts are Parquet or ECSV because both keep the table's metadata (the list of completed files
+that resuming needs) and float64 exactly; FITS headers cannot hold that list, so a FITS (or CSV)
+catalog is merged from ECSV parts.
 Workers must see the inputs and the catalog's folder at the same paths (a shared file system).
 ``dask[distributed]`` is an optional extra (``pip install 'jaxlasp[cluster]'``).
 """
@@ -55,10 +56,12 @@ class ChunkReport(NamedTuple):
     worker: str    # the worker's address ('' outside a Dask worker)
 
 
-def chunk_part_name(paths) -> str:
-    """The part file name of a chunk: a hash of its paths (stable across runs and retries)."""
+def chunk_part_name(paths, output) -> str:
+    """The part file name of a chunk of the catalog ``output``: a hash of its paths (stable
+    across runs and retries), Parquet for a Parquet catalog, else ECSV."""
     digest = hashlib.sha1("\n".join(map(str, paths)).encode()).hexdigest()[:16]
-    return f"part-chunk-{digest}.ecsv"
+    suffix = ".parquet" if Path(output).suffix.lower() == ".parquet" else ".ecsv"
+    return f"part-chunk-{digest}{suffix}"
 
 
 @lru_cache(maxsize=4)
@@ -154,7 +157,7 @@ def run_cluster(inputs, model, output, options: FitOptions = FitOptions(), *, cl
         own_client = client is None
         client = client or connect(scheduler, workers)
         try:
-            fitted = _run_chunks(client, chunks, model, options, folder, keys, retries, quiet,
+            fitted = _run_chunks(client, chunks, model, options, output, keys, retries, quiet,
                                  on_chunk)
         finally:
             if own_client:
@@ -166,10 +169,12 @@ def run_cluster(inputs, model, output, options: FitOptions = FitOptions(), *, cl
     return finish_catalog(output, tables, paths, fitted, t0)
 
 
-def _run_chunks(client, chunks, model, options, folder: Path, keys, retries: int, quiet: bool,
+def _run_chunks(client, chunks, model, options, output: Path, keys, retries: int, quiet: bool,
                 on_chunk) -> int:
     """Submit one task per chunk, collect the reports, write failure parts; spectra fitted."""
     from distributed import as_completed
+
+    folder = parts_folder(output)
 
     if not isinstance(model, (str, Path)):
         from jaxlasp.api import load_model
@@ -179,11 +184,11 @@ def _run_chunks(client, chunks, model, options, folder: Path, keys, retries: int
              max(map(len, chunks), default=0), len(client.scheduler_info()["workers"]))
     futures = {}
     for chunk in chunks:
-        name = chunk_part_name(chunk)
+        name = chunk_part_name(chunk, output)
         members = set(chunk)
         skip = frozenset(k for k in keys if k[0] in members)
         future = client.submit(fit_chunk, chunk, model, options, str(folder / name), skip,
-                               key=f"jaxlasp-{name[:-5]}", retries=retries, pure=False)
+                               key=f"jaxlasp-{Path(name).stem}", retries=retries, pure=False)
         futures[future] = chunk
     progress = Progress(sum(map(len, chunks)), quiet)
     files = spectra = failed = 0
@@ -193,10 +198,9 @@ def _run_chunks(client, chunks, model, options, folder: Path, keys, retries: int
             report = future.result()
         except Exception as err:  # retries exhausted or workers lost: rows say why
             log.error("chunk of %d files (%s …) failed: %s", len(chunk), chunk[0], err)
-            table = failed_chunk_table(chunk, f"fit failed on the cluster: {err}")
-            write_catalog(table, folder / chunk_part_name(chunk))
-            report = ChunkReport(str(folder / chunk_part_name(chunk)), len(chunk), len(chunk),
-                                 len(chunk), 0.0, "")
+            part = folder / chunk_part_name(chunk, output)
+            write_catalog(failed_chunk_table(chunk, f"fit failed on the cluster: {err}"), part)
+            report = ChunkReport(str(part), len(chunk), len(chunk), len(chunk), 0.0, "")
         files += report.files
         spectra += report.spectra
         failed += report.failed
