@@ -102,7 +102,7 @@ def worker_runs(args) -> None:
     print(f"| single process (pipeline.run) | {first:.1f} | {seconds:.2f} | {base:.1f} | 1.00 |")
     for workers in args.workers:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         with Client(cluster) as client:
             def fit(out):
                 run_cluster(files, args.model, out, options, client=client,

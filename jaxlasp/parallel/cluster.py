@@ -124,7 +124,7 @@ def connect(scheduler: str | None = None, workers: int | None = None):
     if not workers or workers < 1:
         raise ValueError("give a scheduler address or a number of local workers ≥ 1")
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+                           dashboard_address=":0")
     return Client(cluster)
 
 
