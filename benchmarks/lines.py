@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import jaxlasp  # noqa: E402,F401  (float64)
 from jaxlasp.emulators import lines as L  # noqa: E402
 from jaxlasp.emulators.tgm import tgm_flux  # noqa: E402
-from jaxlasp.fit import lm  # noqa: E402
+from jaxlasp.fit.schedule import run_compacted  # noqa: E402
 
 ELODIE = (Path(__file__).resolve().parents[1].parent
           / "shared/data/lamost-dr10-sample/elodie32_flux_tgm_4199-5700.fits")
@@ -54,8 +54,21 @@ def _tgm():
     return demo_emulator(4200.0, 5700.0, 0.2), "DEMO"
 
 
-def _axis(start, stop, step):
-    return np.arange(start, stop + 0.5 * step, step)
+def _axis(start, *segments):
+    """Nodes from ``start`` through (stop, step) segments: 3100 7000 100 11000 200 gives 3100–7000
+    in 100 K steps, then 7200–11000 in 200 K steps."""
+    if not segments or len(segments) % 2:
+        raise SystemExit("an axis is: start stop step [stop step ...]")
+    nodes = [start]
+    for stop, step in zip(segments[::2], segments[1::2]):
+        nodes.extend(np.arange(nodes[-1] + step, stop + 0.5 * step, step))
+    return np.array(nodes)
+
+
+def _peak_rss():
+    """Peak resident memory of this process [MiB]."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _timed(fn, *args, repeats=3):
@@ -103,28 +116,63 @@ def test_points(domain, n_teff):
     return np.column_stack([m.ravel() for m in mesh])
 
 
-def nearest_node(em, data):
-    """Parameters of the node whose clone has the smallest RMS against each spectrum; (b, 3)."""
+def node_clones(em):
+    """The nodes (N, 3) and the emulator's spectra there (N, n) (computed once per emulator)."""
     nodes = np.column_stack([m.ravel() for m in np.meshgrid(*em.axes, indexing="ij")])
-    clones = np.asarray(jax.jit(jax.vmap(L.normalised_flux, in_axes=(None, 0, 0, 0)))(
-        em, *jnp.asarray(nodes).T))
-    rms = ((data[:, None, :] - clones[None]) ** 2).mean(axis=2)
-    return nodes[np.argmin(rms, axis=1)]
+    clones = jax.jit(jax.vmap(L.normalised_flux, in_axes=(None, 0, 0, 0)))(
+        em, *jnp.asarray(nodes).T)
+    return jnp.asarray(nodes), clones
 
 
-def infer_lm(em, data, chunk=16):
-    """LM fits of (Teff, log g, [Fe/H]) to the normalised spectra; (estimates (b, 3), s total)."""
+@jax.jit
+def nearest_node(nodes, clones, data):
+    """Parameters of the node whose clone has the smallest RMS against each spectrum; (b, 3).
+
+    ‖d − c‖² = ‖d‖² − 2 d·c + ‖c‖²: one (b, n) × (n, N) product, no (b, N, n) array.
+    """
+    distance = jnp.sum(clones**2, axis=1)[None, :] - 2.0 * data @ clones.T
+    return nodes[jnp.argmin(distance, axis=1)]
+
+
+def lm_fitter(em, slots):
+    """A jitted batch LM fit (nodes, clones, data (b, n)) -> (b, 3) estimates [K, dex, dex].
+
+    Start: the nearest node; ``slots`` problems stepped at a time, refilled as they converge
+    (``jaxlasp.fit.schedule.run_compacted``); box = the grid.
+    """
     lower = np.array([em.domain.teff[0], em.domain.logg[0], em.domain.feh[0]]) / SCALE
     upper = np.array([em.domain.teff[1], em.domain.logg[1], em.domain.feh[1]]) / SCALE
-    fit = jax.jit(lambda th, d: lm.run(_residual, th, em, d, lower=lower, upper=upper,
-                                       max_iter=50, ftol=1e-8, xtol=1e-8))
+
+    @jax.jit
+    def fit(nodes, clones, data):
+        start = nearest_node(nodes, clones, data) / SCALE
+        state = run_compacted(_residual, start, em, data, lower=lower, upper=upper,
+                              slots=min(slots, data.shape[0]), max_iter=50, ftol=1e-8,
+                              xtol=1e-8)
+        return state.theta * SCALE, state.n_iter
+
+    return fit
+
+
+def infer_lm(em, data, reference, slots=32):
+    """LM fits of every spectrum in one compacted batch; (estimates (b, 3), iterations (b,),
+    seconds: start + fits, compile excluded). ``reference``: ``node_clones(em)``."""
+    fit = lm_fitter(em, slots)
+    data = jnp.asarray(data)
+    jax.block_until_ready(fit(*reference, data))     # compile
     t0 = time.perf_counter()
-    start = nearest_node(em, data) / SCALE
-    out = []
-    for i in range(0, len(data), chunk):
-        state = fit(jnp.asarray(start[i:i + chunk]), jnp.asarray(data[i:i + chunk]))
-        out.append(np.asarray(state.theta) * SCALE)
-    return np.concatenate(out), time.perf_counter() - t0
+    est, n_iter = jax.block_until_ready(fit(*reference, data))
+    return np.asarray(est), np.asarray(n_iter), time.perf_counter() - t0
+
+
+def single_lm_seconds(em, data, reference, count=10):
+    """Mean wall time [s] of fitting ``count`` spectra one at a time (batch of 1)."""
+    fit = lm_fitter(em, 1)
+    jax.block_until_ready(fit(*reference, jnp.asarray(data[:1])))
+    t0 = time.perf_counter()
+    for d in data[:count]:
+        jax.block_until_ready(fit(*reference, jnp.asarray(d[None])))
+    return (time.perf_counter() - t0) / count
 
 
 def infer_gp(em, data, truth, calls=120, random=100):
@@ -132,6 +180,7 @@ def infer_gp(em, data, truth, calls=120, random=100):
     from skopt import gp_minimize
 
     loss_fn = jax.jit(lambda p, d: jnp.sqrt(jnp.mean(_residual(p / SCALE, em, d) ** 2)))
+    loss_fn(jnp.asarray(truth[0]), data[0]).block_until_ready()   # compile
     out, times = [], []
     for d, t in zip(data, truth):
         box = [(max(t[0] - 500.0, em.domain.teff[0]), min(t[0] + 500.0, em.domain.teff[1])),
@@ -156,32 +205,37 @@ def errors(est, truth, label, seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teff", type=float, nargs=3, default=[4000.0, 8000.0, 500.0])
-    parser.add_argument("--logg", type=float, nargs=3, default=[2.0, 5.0, 1.0])
+    parser.add_argument("--teff", type=float, nargs="+", default=[3100.0, 7000.0, 100.0,
+                                                                   11000.0, 200.0])
+    parser.add_argument("--logg", type=float, nargs="+", default=[2.0, 5.5, 0.5])
     parser.add_argument("--feh", type=float, nargs="+", default=[-0.5, 0.0])
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--no-refine", dest="refine", action="store_false")
     parser.add_argument("--n-test-teff", type=int, default=21)
-    parser.add_argument("--gp", type=int, default=3)
+    parser.add_argument("--gp", type=int, default=21)
     parser.add_argument("--amplitude", nargs="+", default=["log", "linear"])
     args = parser.parse_args()
 
     tgm, label = _tgm()
     axes = (_axis(*args.teff), _axis(*args.logg), np.array(args.feh))
-    print(f"model {label}, {tgm.grid.n} pixels; grid {[len(a) for a in axes]} nodes "
-          f"(Teff {args.teff}, log g {args.logg}, [Fe/H] {args.feh}); device {jax.devices()[0]}")
+    print(f"model {label}, {tgm.grid.n} pixels; grid {[len(a) for a in axes]} = "
+          f"{np.prod([len(a) for a in axes])} nodes (Teff {args.teff}, log g {args.logg}, "
+          f"[Fe/H] {args.feh}); device {jax.devices()[0]}")
     t0 = time.perf_counter()
     source = L.source_grid(tgm, *axes)
-    em, report = L.build_linelist_emulator(source, epochs=args.epochs)
+    em, report = L.build_linelist_emulator(source, epochs=args.epochs, refine=args.refine)
     build = time.perf_counter() - t0
     n_nodes = report.rms.size
-    print(f"clone fidelity ({args.epochs} epochs): RMS min {report.rms.min():.4f} median "
-          f"{np.median(report.rms):.4f} max {report.rms.max():.4f}; lines/node median "
-          f"{np.median(report.n_lines):.0f} (min {report.n_lines.min()}, max "
-          f"{report.n_lines.max()}); {report.keys.size} distinct lines; build {build:.1f} s "
-          f"({build / n_nodes:.2f} s/node incl. compile)")
-    for t_i in range(len(axes[0])):
-        print(f"  Teff {axes[0][t_i]:6.0f} K: median clone RMS {np.median(report.rms[t_i]):.4f}, "
-              f"lines {np.median(report.n_lines[t_i]):.0f}")
+    size = sum(np.asarray(a).nbytes for a in jax.tree.leaves(em)) / 2**20
+    print(f"clone fidelity ({args.epochs} epochs{', refined' if args.refine else ''}): RMS min "
+          f"{report.rms.min():.4f} median {np.median(report.rms):.4f} max {report.rms.max():.4f};"
+          f" lines/node median {np.median(report.n_lines):.0f} (min {report.n_lines.min()}, max "
+          f"{report.n_lines.max()}); {report.keys.size} distinct lines, at most "
+          f"{em.active.shape[-1]} per cell; build {build:.1f} s ({build / n_nodes:.2f} s/node "
+          f"incl. compile); emulator {size:.0f} MiB; peak RSS {_peak_rss():.0f} MiB")
+    for t_i in range(0, len(axes[0]), max(len(axes[0]) // 15, 1)):
+        print(f"  Teff {axes[0][t_i]:6.0f} K: median clone RMS {np.median(report.rms[t_i]):.4f}"
+              f", max {report.rms[t_i].max():.4f}, lines {np.median(report.n_lines[t_i]):.0f}")
     reconstruction(em)
 
     truth = test_points(em.domain, args.n_test_teff)
@@ -189,26 +243,34 @@ def main():
     print(f"protocol: {len(truth)} noise-free off-node test spectra in the grid box")
     for amplitude in args.amplitude:
         emu = em.with_amplitude(amplitude)
+        t0 = time.perf_counter()
+        reference = jax.block_until_ready(node_clones(emu))
+        t_ref = time.perf_counter() - t0
         off = np.sqrt(np.mean((np.asarray(jax.jit(jax.vmap(
             L.normalised_flux, in_axes=(None, 0, 0, 0)))(emu, *jnp.asarray(truth).T)) - data) ** 2,
             axis=1))
         print(f"  amplitude {amplitude}: emulator RMS vs the test spectra at the truth: median "
-              f"{np.median(off):.4f}, max {off.max():.4f}")
-        est, _ = infer_lm(emu, data[:16])  # compile
-        est, seconds = infer_lm(emu, data)
+              f"{np.median(off):.4f}, max {off.max():.4f}; node clones for the start "
+              f"{t_ref:.1f} s (once per emulator, incl. compile)")
+        est, n_iter, seconds = infer_lm(emu, data, reference)
+        single = single_lm_seconds(emu, data, reference)
+        print(f"  LM ({amplitude}): batch of {len(data)} in {seconds:.1f} s = "
+              f"{seconds / len(data):.3f} s/spectrum; one at a time {single:.3f} s/spectrum; "
+              f"iterations mean {n_iter.mean():.1f}, max {n_iter.max()}")
         errors(est, truth, f"LM ({amplitude})", seconds / len(truth))
     for side, (dt, dg, dz) in BLASE3D.items():
         print(f"  {'blase3D (PHOENIX, GP)':24s} {side:9s} |ΔTeff| {dt:6.1f} K  |Δlog g| {dg:.3f}"
               f"  |Δ[Fe/H]| {dz:.3f}  ~200 s/spectrum")
     if args.gp:
-        pick = np.linspace(0, len(truth) - 1, args.gp).astype(int)
+        pick = np.linspace(0, len(truth) - 1, args.gp).round().astype(int)
         emu = em.with_amplitude(args.amplitude[0])
         est, times = infer_gp(emu, data[pick], truth[pick])
-        lm_est, _ = infer_lm(emu, data[pick])
+        lm_est, _, lm_seconds = infer_lm(emu, data[pick], node_clones(emu))
         for i, t, g, lmv, s in zip(pick, truth[pick], est, lm_est, times):
             print(f"  GP ({args.amplitude[0]}) spectrum {i}: truth {t.round(2)} GP {np.round(g, 2)}"
                   f" ({s:.1f} s) LM {lmv.round(2)}")
         errors(est, truth[pick], f"GP ({args.amplitude[0]})", times.mean())
+        errors(lm_est, truth[pick], f"LM ({args.amplitude[0]}), same", lm_seconds / len(pick))
 
 
 if __name__ == "__main__":

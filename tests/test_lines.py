@@ -2,6 +2,8 @@
 interpolation, differentiability."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -236,3 +238,77 @@ def test_rv_and_broadening_are_fitted_through_the_line_list(linelist_small, meth
         tol = 5e-3  # Adam stops on |ΔL| < 1e-5, not at machine precision
     assert bool(result.converged[0]), int(result.flags[0])
     np.testing.assert_allclose(np.asarray(result.theta[0]), truth, rtol=0, atol=tol)
+
+
+def test_cell_lines_matches_brute_force():
+    rng = np.random.default_rng(5)
+    ln_amp = np.where(rng.uniform(size=(3, 4, 2, 30)) < 0.15, -2.0, L.MISSING_LN_AMP)
+    active = L.cell_lines(ln_amp)
+    assert active.shape[:3] == (2, 3, 1)
+    for i, j, k in np.ndindex(2, 3, 1):
+        expected = np.flatnonzero((ln_amp[i:i + 2, j:j + 2, k:k + 2] > -500).any(axis=(0, 1, 2)))
+        row = active[i, j, k]
+        np.testing.assert_array_equal(row[row >= 0], expected)
+        assert np.all(row[expected.size:] == -1)
+
+
+def _with_gaps(em):
+    """``em`` with lines 1 and 4 absent over parts of the grid, and its ``cell_lines``."""
+    ln_amp = np.asarray(em.lines.ln_amp).copy()
+    ln_amp[:2, :, :, 1] = L.MISSING_LN_AMP
+    ln_amp[1:, :, 1:, 4] = L.MISSING_LN_AMP
+    em = replace(em, lines=em.lines._replace(ln_amp=jnp.asarray(ln_amp)))
+    return em, replace(em, active=jnp.asarray(L.cell_lines(ln_amp)))
+
+
+@pytest.mark.parametrize("amplitude", ["log", "linear"])
+def test_cell_lines_give_the_same_flux_and_gradient(amplitude):
+    """Evaluating only the lines of the point's cell changes neither flux nor its gradient."""
+    every, cell = _with_gaps(_synthetic_emulator(amplitude))
+    assert cell.active.shape[-1] < every.lines.mu.shape[-1]
+    rng = np.random.default_rng(6)
+    for point in np.column_stack([rng.uniform(a[0], a[-1], 6) for a in AXES]):
+        np.testing.assert_allclose(L.linelist_flux(cell, *point), L.linelist_flux(every, *point),
+                                   rtol=1e-13, atol=0)
+        grads = [np.asarray(jax.jacfwd(lambda x, e=e: L.linelist_flux(e, *x))(jnp.asarray(point)))
+                 for e in (cell, every)]
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10, atol=1e-16)
+    lo, hi = 5012.0, 5050.0
+    np.testing.assert_allclose(L.linelist_flux(L.crop_linelist(cell, lo, hi), 4800.0, 2.0, -0.2),
+                               L.linelist_flux(L.crop_linelist(every, lo, hi), 4800.0, 2.0, -0.2),
+                               rtol=1e-13, atol=0)
+
+
+def _shoulder_source():
+    """A 2×2×2 source grid whose spectra have a weak line on the wing of a strong one (a shoulder,
+    no minimum of its own) and an isolated line."""
+    grid = LinearGrid(5000.0, 0.2, 300)
+    lines = _lines(grid.centres[[100, 104, 200]], np.log([0.35, 0.06, 0.15]), [0.25, 0.2, 0.25],
+                   [0.03, 0.02, 0.03])
+    spectrum = np.asarray(L.transmission(lines, grid, 64))
+    axes = ((1.0, 2.0), (1.0, 2.0), (1.0, 2.0))
+    normalised = np.broadcast_to(spectrum, (2, 2, 2, grid.n))
+    return L.SourceGrid(axes, normalised, np.ones((2, 2, 2, 1)), normalised, grid,
+                        Domain(*((a[0], a[-1]) for a in axes))), spectrum
+
+
+def test_second_pass_adds_the_missed_line():
+    source, spectrum = _shoulder_source()
+    assert L.detect_lines(spectrum).pixel.size == 2          # the shoulder is not a minimum
+    first, report1 = L.build_linelist_emulator(source, epochs=150, refine=False)
+    second, report2 = L.build_linelist_emulator(source, epochs=150, refine=True)
+    assert np.all(report1.n_lines == 2) and np.all(report2.n_lines == 3)
+    assert report2.keys.size == 3
+    assert np.all(report2.rms < 0.3 * report1.rms) and np.all(report2.rms < 2e-3)
+    clone = np.asarray(L.normalised_flux(second, 1.5, 1.5, 1.5))
+    assert np.sqrt(np.mean((clone - spectrum) ** 2)) < 2e-3
+
+
+def test_missed_lines_skips_cloned_pixels():
+    grid = LinearGrid(5000.0, 0.2, 200)
+    truth = _lines(grid.centres[[50, 120]], np.log([0.1, 0.1]), [0.25, 0.25], [0.02, 0.02])
+    target = np.asarray(L.transmission(truth, grid, 64))
+    only_first = np.asarray(L.transmission(L.Lines(*(p[:1] for p in truth)), grid, 64))
+    shallow = np.asarray(L.transmission(truth._replace(ln_amp=truth.ln_amp - 0.5), grid, 64))
+    np.testing.assert_array_equal(L.missed_lines(target, only_first, [50]).pixel, [120])
+    assert L.missed_lines(target, shallow, [50, 120]).pixel.size == 0

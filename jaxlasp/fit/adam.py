@@ -103,7 +103,9 @@ from jaxlasp.fit.clean import LAYER3_PASSES, LEVELS, MAX_FRACTION, masked_std
 from jaxlasp.fit.clean import clean as curvefit_clean_one
 from jaxlasp.fit.driver import (
     FAILURES, MAX_CLEAN, FitResult, finish, lm_residual)
-from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, components, emulator_dtype
+from jaxlasp.model import (
+    FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, components, emulator_dtype,
+    residuals_and_jacobian)
 
 CENTER = np.array([0.215, -1.44, -0.75, 0.0, 2.55])
 """c of §i.2, internal order [t, g, z, mu, sigma]."""
@@ -336,6 +338,29 @@ def select_rows(rows, a, b):
         lambda u, v: jnp.where(rows.reshape((-1,) + (1,) * (u.ndim - 1)), u, v), a, b)
 
 
+def loss_gradient(fm: ForwardModel, x, flux, weights, mask, convergence: str):
+    """(L_b (b,), group L (), ∂loss/∂x (b, 5)) at normalised ``x`` (b, 5), for the polynomial
+    fitted on the masked pixels (``mask_polynomial=True``).
+
+    The residuals r = √(w·M)·(f − c·p(θ)) are those of the variable-projection problem, so
+    ∂(Σr²)/∂θ = 2·Jᵀr with J the exact Jacobian of ``model.residuals_and_jacobian`` (forward
+    mode; the polynomial's derivative from its Cholesky factor): the gradient reverse-mode
+    autodiff of ``losses`` gives, to round-off, without differentiating backwards through the
+    Legendre solve. Per-spectrum mode: ∂L_b/∂θ_b = J_bᵀr_b/(n_b·L_b) (the gradient of Σ_b L_b);
+    group mode: ∂L/∂θ_b = J_bᵀr_b/(L·Σn).
+    """
+    def one(xb, f, w, m):
+        theta, to_x = jax.vjp(theta_from_x, xb)
+        r, jac = residuals_and_jacobian(fm, theta, f, w * m)
+        return r @ r, jnp.sum(w > 0), to_x(jac @ r)[0]
+
+    sq, n, g = jax.vmap(one)(x, flux, weights, mask)
+    per = jnp.sqrt(sq / n)
+    group = jnp.sqrt(jnp.sum(sq) / jnp.sum(n))
+    scale = group * jnp.sum(n) if convergence == "group" else (n * per)[:, None]
+    return per, group, g / scale
+
+
 def step(fm: ForwardModel, state: AdamState, flux, weights, *, lr=0.1, clean: bool = False,
          convergence: str = "spectrum", max_iter: int = 5000, mask_polynomial: bool = True,
          clean_schedule: str | None = None):
@@ -361,13 +386,17 @@ def step(fm: ForwardModel, state: AdamState, flux, weights, *, lr=0.1, clean: bo
                                 m),
             lambda m: m, mask)
 
-    def objective(x):
-        per, sq, n = losses(fm, x, flux, weights, mask, mask_polynomial)
-        if convergence == "group":
-            return jnp.sqrt(sq / n), (per, jnp.sqrt(sq / n))
-        return jnp.sum(jnp.where(running, per, 0.0)), (per, jnp.sqrt(sq / n))
+    if mask_polynomial and state.x.dtype == jnp.float64:
+        per, group, grad = loss_gradient(fm, state.x, flux, weights, mask, convergence)
+    else:  # PyLASP's unmasked polynomial (the loss is not a projected χ²) or a float32 loop
+        # (whose tests bound its float64 values and its distance from float64): autodiff
+        def objective(x):
+            per, sq, n = losses(fm, x, flux, weights, mask, mask_polynomial)
+            if convergence == "group":
+                return jnp.sqrt(sq / n), (per, jnp.sqrt(sq / n))
+            return jnp.sum(jnp.where(running, per, 0.0)), (per, jnp.sqrt(sq / n))
 
-    (_, (per, group)), grad = jax.value_and_grad(objective, has_aux=True)(state.x)
+        (_, (per, group)), grad = jax.value_and_grad(objective, has_aux=True)(state.x)
     grad = jnp.where(running[:, None], grad, 0.0)
     finite = jnp.isfinite(per) & jnp.all(jnp.isfinite(grad), axis=1)
 
