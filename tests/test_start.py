@@ -14,9 +14,10 @@ import pytest
 
 from jaxlasp.api import start_points
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain
-from jaxlasp.fit.driver import DEGENERATE, fit_batch
+from jaxlasp.fit.driver import DEGENERATE, MULTIMODAL, NOT_CONVERGED, FitResult, fit_batch
 from jaxlasp.fit.start import (
-    SEPARATION, best_of, clip_outliers, default_grid, distinct_best, fit_multistart, global_start)
+    SEPARATION, best_of, clip_outliers, default_grid, distinct_best, fit_multistart, global_start,
+    mode_spread, mode_weights)
 from jaxlasp.mock import draw_parameters, simulate
 from jaxlasp.model import LN_TEFF, MU
 
@@ -125,6 +126,50 @@ def test_best_of_keeps_the_lowest_finite_loss(fm, spectra):
     picked = best_of(fake._replace(theta=jnp.asarray(rows)), 2)
     np.testing.assert_array_equal(picked.loss, [2.0, 1.0])
     np.testing.assert_array_equal(picked.theta, rows[[1, 2]])
+
+
+def candidates(theta, loss, error, flags=None, n_pixels=1005):
+    """A FitResult of candidate rows (k, 5) with diagonal covariances error² and all pixels used."""
+    theta, error = np.asarray(theta, float), np.asarray(error, float)
+    k = len(theta)
+    cov = np.stack([np.diag(e ** 2) for e in np.broadcast_to(error, theta.shape)])
+    return FitResult(theta=jnp.asarray(theta), covariance=jnp.asarray(cov),
+                     loss=jnp.asarray(loss, float), n_iter=jnp.zeros(k, int),
+                     n_clean=jnp.zeros(k, int), n_cycles=jnp.zeros(k, int),
+                     mask=jnp.ones((k, n_pixels), bool), converged=jnp.ones(k, bool),
+                     flags=jnp.asarray(np.zeros(k, int) if flags is None else flags))
+
+
+def test_mode_weights_are_laplace_posterior_masses():
+    """Weights ∝ exp(−Δχ²/2)·√det Σ with Δχ² = (M − 5)(loss²/loss²_min − 1), M = 1005."""
+    theta = np.zeros((3, 5))
+    theta[1, 2], theta[2, 2] = 0.3, -0.4
+    loss = np.sqrt([1.0, 1.002, 1.05])               # Δχ² = 2 and 50
+    error = np.array([[1e-2] * 5, [2e-2] + [1e-2] * 4, [1e-2] * 5])   # det ratio 4 for row 1
+    used = jnp.ones((3, 1005), bool)
+    w = np.asarray(mode_weights(candidates(theta, loss, error), used, 3))[0]
+    expected = np.array([1.0, np.exp(-1.0) * 2.0, np.exp(-25.0)])
+    np.testing.assert_allclose(w, expected / expected.sum(), rtol=1e-9)
+    spread, elsewhere = mode_spread(candidates(theta, loss, error), used, 3)
+    d = theta - theta[0]
+    np.testing.assert_allclose(spread[0], np.einsum("k,ki,kj->ij", w, d, d), rtol=1e-9,
+                               atol=1e-300)
+    np.testing.assert_allclose(elsewhere, [w[1] + w[2]], rtol=1e-9)
+
+
+def test_mode_weights_count_a_minimum_once_and_skip_failures():
+    theta = np.zeros((3, 5))
+    theta[1, 2] = 0.5 * 1e-2           # inside the winner's minimum (half an error away)
+    theta[2, 2] = 0.3                  # a distinct minimum, equally good, but not converged
+    loss = np.ones(3)
+    used = jnp.ones((3, 1005), bool)
+    result = candidates(theta, loss, 1e-2, flags=[0, 0, NOT_CONVERGED])
+    np.testing.assert_allclose(mode_weights(result, used, 3)[0], [1.0, 0.0, 0.0])
+    spread, elsewhere = mode_spread(result, used, 3)
+    np.testing.assert_array_equal(spread, 0.0)
+    np.testing.assert_array_equal(elsewhere, 0.0)
+    equal = candidates(theta, loss, 1e-2)      # now converged: two minima of equal mass
+    np.testing.assert_allclose(mode_weights(equal, used, 3)[0], [0.5, 0.0, 0.5])
 
 
 # ---------------------------------------------------------------- global start

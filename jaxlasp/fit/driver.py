@@ -38,9 +38,11 @@ AT_BOUND = 8               # solution on a bound of the parameter box
 FEW_PIXELS = 16            # fewer than MIN_GOOD_PIXELS good pixels
 DEGENERATE = 64            # a parameter (almost) without effect: singular covariance, or an
 #                            error wider than the parameter's whole box
+MULTIMODAL = 128           # global start: another distinct minimum holds ≥ 1 % of the posterior
+#                            mass; the errors include the spread between the minima
 FLAG_NAMES = {NOT_CONVERGED: "not_converged", NONFINITE: "nonfinite", NEGATIVE_POLYNOMIAL:
               "negative_polynomial", AT_BOUND: "at_bound", FEW_PIXELS: "few_pixels",
-              DEGENERATE: "degenerate"}
+              DEGENERATE: "degenerate", MULTIMODAL: "multimodal"}
 FAILURES = NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS | DEGENERATE
 """Flags that make a result not ``converged``."""
 MAX_VARIANCE_INFLATION = 1e10

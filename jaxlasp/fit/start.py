@@ -26,6 +26,14 @@ start removes that dependence on the start point:
    Clean; each spectrum keeps the solution with the lowest loss (the same pixels and weights for
    every candidate, so the losses compare). With Clean, one more fit with Clean starts from the
    winner.
+6. **Errors across minima** (``mode_spread``): when the candidates end in distinct minima whose χ²
+   is close to the winner's, the data do not decide between them and the winner's local
+   covariance understates the uncertainty. Each distinct minimum k gets the Laplace weight of its
+   posterior mass, w_k ∝ exp(−Δχ²_k/2)·√det Σ_k (Δχ² in units of the fit's reduced χ², as the
+   covariance), and the reported covariance becomes Σ_winner + Σ_k w_k (θ_k − θ̂)(θ_k − θ̂)ᵀ: the
+   second moment of the mixture about the reported point. Minima more than a few units of χ²
+   above the winner add nothing; if the others hold ≥ 1 % of the mass the fit is flagged
+   ``multimodal``.
 """
 from __future__ import annotations
 
@@ -37,8 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlasp.emulators.tgm import Domain
-from jaxlasp.fit.driver import MU_LIMIT, FitResult, fit_batch
+from jaxlasp.fit.driver import FAILURES, MU_LIMIT, MULTIMODAL, FitResult, fit_batch
 from jaxlasp.model import LN_TEFF, ForwardModel, broadened, residuals
+from jaxlasp.spectral.continuum import cholesky_lower
 
 START_SIGMA = 1.0
 """Broadening σ [pixels] of the grid nodes (the σ of ``jaxlasp.api.start_points``)."""
@@ -50,6 +59,8 @@ LOGG_NODES = (1.0, 2.75, 4.5)
 """log g nodes [dex]: giants, subgiants/hot stars, dwarfs."""
 FEH_NODES = (-1.75, -0.75, 0.25)
 """[Fe/H] nodes [dex]: halo, thick disc, thin disc."""
+MULTIMODAL_MASS = 0.01
+"""Posterior mass in minima other than the winner's from which a fit is flagged ``multimodal``."""
 SEPARATION = 0.2
 """Least ln Teff distance between chosen candidates (≈ 22 % in Teff, > one grid step)."""
 SMOOTH_PIXELS = 25.0
@@ -239,6 +250,51 @@ def best_of(result: FitResult, n_best: int) -> FitResult:
     return jax.tree_util.tree_map(lambda a: a[rows], result)
 
 
+def mode_weights(result: FitResult, used, n_best: int):
+    """Laplace posterior weights (b, n_best), summing to 1, of candidate fits whose rows are n_best
+    consecutive candidates per spectrum; used: (b·n_best, n) pixels each fit could use.
+
+    A candidate gets weight 0 when it failed (any of ``FAILURES``) or lies inside a lower-loss
+    candidate's minimum (every parameter within that one's error), so that a minimum counts once.
+    Δχ² = (M − 5)·(loss²/loss²_min − 1): χ² differences in units of the winner's reduced χ²,
+    the scale of its covariance (M: the winner's used pixels).
+    """
+    rows = lambda a: a.reshape((-1, n_best) + a.shape[1:])  # noqa: E731
+    theta, cov = rows(result.theta), rows(result.covariance)
+    ok = (rows(result.flags) & FAILURES) == 0
+    low = jax.vmap(jax.vmap(cholesky_lower))(cov)
+    log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(low, axis1=-2, axis2=-1)), axis=-1)
+    ok = ok & jnp.isfinite(rows(result.loss)) & jnp.isfinite(log_det)
+    loss2 = jnp.where(ok, rows(result.loss) ** 2, jnp.inf)
+    order = jnp.arange(n_best)
+    lower = (loss2[:, :, None] < loss2[:, None, :]) | (
+        (loss2[:, :, None] == loss2[:, None, :]) & (order[:, None] < order[None, :]))
+    error = jnp.sqrt(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)))
+    inside = jnp.all(jnp.abs(theta[:, :, None] - theta[:, None, :]) < error[:, :, None], axis=-1)
+    ok = ok & ~jnp.any(lower & inside & ok[:, :, None], axis=1)
+    best = jnp.argmin(loss2, axis=1)
+    n_used = jnp.take_along_axis(rows(jnp.sum(used & result.mask, axis=1)), best[:, None], 1)
+    delta = (n_used - 5) * (loss2 / jnp.min(loss2, axis=1, keepdims=True) - 1.0)
+    log_w = jnp.where(ok, -0.5 * delta + 0.5 * log_det, -jnp.inf)
+    log_w = log_w - jnp.max(log_w, axis=1, keepdims=True)
+    w = jnp.where(ok, jnp.exp(log_w), 0.0)
+    return w / jnp.sum(w, axis=1, keepdims=True)
+
+
+def mode_spread(result: FitResult, used, n_best: int):
+    """(spread (b, 5, 5), mass elsewhere (b,)): Σ_k w_k (θ_k − θ̂)(θ_k − θ̂)ᵀ over the candidates'
+    distinct minima (``mode_weights``), θ̂ the lowest-loss candidate, and the weight outside θ̂'s
+    minimum. Zero when every candidate failed."""
+    w = mode_weights(result, used, n_best)
+    theta = result.theta.reshape(-1, n_best, 5)
+    loss = jnp.where(jnp.isfinite(result.loss), result.loss, jnp.inf).reshape(-1, n_best)
+    best = jnp.argmin(loss, axis=1)
+    d = theta - jnp.take_along_axis(theta, best[:, None, None], 1)
+    w = jnp.where(jnp.isfinite(w), w, 0.0)
+    spread = jnp.einsum("bk,bki,bkj->bij", w, d, d)
+    return spread, 1.0 - jnp.take_along_axis(w, best[:, None], 1)[:, 0]
+
+
 def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean: bool = False,
                    n_best: int = 3, grid: StartGrid | None = None, max_iter: int | None = None,
                    separation: float = SEPARATION) -> FitResult:
@@ -249,7 +305,9 @@ def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean
     is the result. With ``clean`` they are fitted without the start's outlier pixels
     (``clip_outliers``: a cosmic ray must not choose the basin), and the winner's solution starts
     the fit with Clean on all used pixels. Returns a FitResult of b rows (``n_iter``: of the
-    winning candidate's fit, or of the Clean fit).
+    winning candidate's fit, or of the Clean fit) whose covariance includes the spread between
+    distinct minima (``mode_spread``), flagged ``multimodal`` when other minima hold ≥
+    ``MULTIMODAL_MASS`` of the posterior mass.
     """
     flux, weights = jnp.asarray(flux), jnp.asarray(weights)
     theta0, good = start_candidates(fm, flux, weights, grid=grid, n_best=n_best,
@@ -262,4 +320,6 @@ def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean
     if clean:
         result = fit_one_method(fm, result.theta, flux, weights, method=method, clean=True,
                                 max_iter=max_iter)
-    return result
+    spread, elsewhere = mode_spread(candidates, repeat(fit_weights) > 0, n_best)
+    return result._replace(covariance=result.covariance + spread,
+                           flags=result.flags | MULTIMODAL * (elsewhere >= MULTIMODAL_MASS))
