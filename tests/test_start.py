@@ -16,10 +16,10 @@ from jaxlasp.api import start_points
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain
 from jaxlasp.fit.driver import DEGENERATE, MULTIMODAL, NOT_CONVERGED, FitResult, fit_batch
 from jaxlasp.fit.start import (
-    SEPARATION, best_of, clip_outliers, default_grid, distinct_best, fit_multistart, global_start,
-    mode_spread, mode_weights)
+    LOGG_SEPARATION, SEPARATION, best_of, clip_outliers, default_grid, distinct_best, fit_multistart, global_start,
+    logg_alternative, mode_spread, mode_weights)
 from jaxlasp.mock import draw_parameters, simulate
-from jaxlasp.model import LN_TEFF, MU
+from jaxlasp.model import LN_TEFF, LOGG, MU
 
 N = 16
 FIXED_START = (7500.0, 3.5, -0.5)
@@ -107,6 +107,16 @@ def test_distinct_best_separates_candidates_in_teff():
     np.testing.assert_array_equal(distinct_best(chi2, ln_teff, 2, separation=0.01), [4, 0])
 
 
+def test_logg_alternative_is_the_best_node_at_another_gravity():
+    logg = jnp.array([4.5, 4.5, 2.75, 1.0, 2.75, 4.0])
+    chi2 = jnp.array([0.5, 1.0, 3.0, 2.0, 9.0, 0.7])
+    picks = jnp.array([0, 1])
+    assert int(logg_alternative(chi2, logg, picks)) == 3           # node 5 is within 1 dex
+    assert int(logg_alternative(chi2, logg, jnp.array([0, 3]))) == 2
+    # no node far enough in log g: the best node not chosen yet
+    assert int(logg_alternative(chi2, logg, picks, separation=5.0)) == 5
+
+
 def test_clip_outliers_drops_spikes_and_unused_pixels_only():
     resid = np.random.default_rng(0).standard_normal(1000)
     resid[[10, 500]] = 50.0
@@ -181,9 +191,10 @@ def test_global_start_is_deterministic_and_per_spectrum(fm, spectra):
     alone = np.asarray(global_start(fm, flux[5:7], weights[5:7]))
     np.testing.assert_array_equal(first, again)
     np.testing.assert_allclose(alone, first[5:7], rtol=0, atol=1e-12)
-    assert first.shape == (2 * N, 3, 5)
-    separation = np.abs(first[:, :, None, LN_TEFF] - first[:, None, :, LN_TEFF])
+    assert first.shape == (2 * N, 4, 5)      # 3 distinct in Teff, 1 at another log g
+    separation = np.abs(first[:, :3, None, LN_TEFF] - first[:, None, :3, LN_TEFF])
     assert np.all(separation[:, ~np.eye(3, dtype=bool)] >= SEPARATION)
+    assert np.all(np.abs(first[:, 3, LOGG] - first[:, 0, LOGG]) >= LOGG_SEPARATION)
 
 
 def test_global_start_finds_the_velocity(fm, truth, spectra):

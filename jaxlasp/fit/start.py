@@ -21,7 +21,11 @@ start removes that dependence on the start point:
    pass over the nodes.
 4. **Candidates** (``distinct_best``): the lowest-χ² node, then the lowest-χ² node at least
    ``separation`` in ln Teff away from those already chosen, and so on: n_best candidates in
-   different Teff basins (different regimes when the data allow), not n neighbours of one.
+   different Teff basins (different regimes when the data allow), not n neighbours of one; and
+   (``logg_alternative``) the lowest-χ² node at least ``LOGG_SEPARATION`` in log g from the best
+   one, for the Teff–log g valleys of hot stars, where a dwarf and a giant solution can sit at
+   almost the same Teff (seen at 10 800 K, S/N 20: the Teff-distinct candidates all fell in the
+   dwarf valley and the fit ended 2 dex from the truth's lower minimum).
 5. **Fits** (``fit_multistart``): the chosen optimiser (LM or Adam) from every candidate, without
    Clean; each spectrum keeps the solution with the lowest loss (the same pixels and weights for
    every candidate, so the losses compare). With Clean, one more fit with Clean starts from the
@@ -46,7 +50,7 @@ import numpy as np
 
 from jaxlasp.emulators.tgm import Domain
 from jaxlasp.fit.driver import FAILURES, MU_LIMIT, MULTIMODAL, FitResult, fit_batch
-from jaxlasp.model import LN_TEFF, ForwardModel, broadened, residuals
+from jaxlasp.model import LN_TEFF, LOGG, ForwardModel, broadened, residuals
 from jaxlasp.spectral.continuum import cholesky_lower
 
 START_SIGMA = 1.0
@@ -61,6 +65,9 @@ FEH_NODES = (-1.75, -0.75, 0.25)
 """[Fe/H] nodes [dex]: halo, thick disc, thin disc."""
 MULTIMODAL_MASS = 0.01
 """Posterior mass in minima other than the winner's from which a fit is flagged ``multimodal``."""
+LOGG_SEPARATION = 1.0
+"""Least log g distance [dex] of the log g alternative from the best node (the default nodes are
+1.75 dex apart)."""
 SEPARATION = 0.2
 """Least ln Teff distance between chosen candidates (≈ 22 % in Teff, > one grid step)."""
 SMOOTH_PIXELS = 25.0
@@ -183,10 +190,28 @@ def distinct_best(chi2, ln_teff, n_best: int, separation: float = SEPARATION):
     return jnp.stack(picks)
 
 
-@partial(jax.jit, static_argnames=("n_best",))
-def _global_start(fm: ForwardModel, nodes, flux, weights, n_best: int, separation):
-    """(θ₀ (b, n_best, 5), good-pixel masks (b, n)) for θ nodes (m, 5) at mu = 0; the spectra
-    one at a time (bounded memory)."""
+def logg_alternative(chi2, logg, picks, separation: float = LOGG_SEPARATION):
+    """Index of the lowest-χ² node not in ``picks`` whose log g is at least ``separation`` from
+    that of ``picks[0]`` (the best node); when there is none, the lowest-χ² node not in picks."""
+    chosen = jnp.zeros(chi2.shape, bool).at[picks].set(True)
+    fallback = jnp.where(chosen, jnp.inf, chi2)
+    distinct = jnp.where(jnp.abs(logg - logg[picks[0]]) < separation, jnp.inf, fallback)
+    return jnp.where(jnp.isfinite(jnp.min(distinct)), jnp.argmin(distinct), jnp.argmin(fallback))
+
+
+def choose_candidates(chi2, nodes, n_best: int, separation, with_logg: bool):
+    """Indices of the candidates: ``distinct_best`` in Teff, plus the ``logg_alternative``."""
+    picks = distinct_best(chi2, nodes[:, LN_TEFF], n_best, separation)
+    if not with_logg:
+        return picks
+    return jnp.append(picks, logg_alternative(chi2, nodes[:, LOGG], picks))
+
+
+@partial(jax.jit, static_argnames=("n_best", "with_logg"))
+def _global_start(fm: ForwardModel, nodes, flux, weights, n_best: int, separation,
+                  with_logg: bool):
+    """(θ₀ (b, k, 5), good-pixel masks (b, n)) for θ nodes (m, 5) at mu = 0, k = n_best +
+    with_logg; the spectra one at a time (bounded memory)."""
     templates = node_templates(fm, nodes)
 
     def one(data):
@@ -196,36 +221,39 @@ def _global_start(fm: ForwardModel, nodes, flux, weights, n_best: int, separatio
         best = candidates[jnp.argmin(chi2)]
         good = clip_outliers(residuals(fm, best, f, w), w)
         chi2 = node_chi2(fm, candidates, f, w * good)
-        return candidates[distinct_best(chi2, nodes[:, LN_TEFF], n_best, separation)], good
+        return candidates[choose_candidates(chi2, nodes, n_best, separation, with_logg)], good
 
     return jax.lax.map(one, (flux, weights))
 
 
 def start_candidates(fm: ForwardModel, flux, weights, *, grid: StartGrid | None = None,
                      n_best: int = 3, separation: float = SEPARATION,
-                     sigma: float = START_SIGMA):
-    """(θ₀ (b, n_best, 5), good (b, n)): ``global_start``'s candidates and the pixels it scored
+                     sigma: float = START_SIGMA, logg_alternative: bool = True):
+    """(θ₀ (b, k, 5), good (b, n)): ``global_start``'s k candidates and the pixels it scored
     them on (used pixels minus the outliers of ``clip_outliers``)."""
     grid = default_grid(fm.emulator.domain) if grid is None else grid
-    if not 1 <= n_best <= grid.ln_teff.size:
+    if not 1 <= n_best + logg_alternative <= grid.ln_teff.size:
         raise ValueError(f"n_best must be between 1 and the {grid.ln_teff.size} grid nodes")
     nodes = grid_theta(grid, sigma)
     flux, weights = jnp.asarray(flux, nodes.dtype), jnp.asarray(weights, nodes.dtype)
-    return _global_start(fm, nodes, flux, weights, n_best, separation)
+    return _global_start(fm, nodes, flux, weights, n_best, separation, bool(logg_alternative))
 
 
 def global_start(fm: ForwardModel, flux, weights, *, grid: StartGrid | None = None,
-                 n_best: int = 3, separation: float = SEPARATION, sigma: float = START_SIGMA):
-    """Start points θ₀ (b, n_best, 5) for spectra (b, n) on ``fm``'s grid, best first.
+                 n_best: int = 3, separation: float = SEPARATION, sigma: float = START_SIGMA,
+                 logg_alternative: bool = True):
+    """Start points θ₀ (b, k, 5) for spectra (b, n) on ``fm``'s grid, best first; k = n_best
+    (+ 1 with ``logg_alternative``).
 
     flux, weights: as ``fit_batch`` (weights = 1/err² times the good-pixel mask). grid: the nodes
     (default ``default_grid(fm.emulator.domain)``); every node gets its own mu from the
     cross-correlation and the fixed width ``sigma`` [px] and is scored by its χ²; the scoring is
     repeated without the pixels that are outliers at the best node (``clip_outliers``), and the
-    n_best distinct best (``distinct_best``) are returned. Deterministic.
+    n_best distinct best (``distinct_best``), then the best at another log g
+    (``logg_alternative``), are returned. Deterministic.
     """
-    return start_candidates(fm, flux, weights, grid=grid, n_best=n_best,
-                            separation=separation, sigma=sigma)[0]
+    return start_candidates(fm, flux, weights, grid=grid, n_best=n_best, separation=separation,
+                            sigma=sigma, logg_alternative=logg_alternative)[0]
 
 
 def fit_one_method(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
@@ -297,8 +325,9 @@ def mode_spread(result: FitResult, used, n_best: int):
 
 def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean: bool = False,
                    n_best: int = 3, grid: StartGrid | None = None, max_iter: int | None = None,
-                   separation: float = SEPARATION) -> FitResult:
-    """Fit spectra (b, n) from the global start: the best of n_best candidate fits per spectrum.
+                   separation: float = SEPARATION, logg_alternative: bool = True) -> FitResult:
+    """Fit spectra (b, n) from the global start: the best of its candidate fits per spectrum
+    (n_best distinct in Teff, plus one at another log g with ``logg_alternative``).
 
     The candidates (``global_start``) are fitted with ``method`` ("lm" or "adam") without Clean
     and the lowest loss wins. Without ``clean`` they are fitted on all used pixels and the winner
@@ -311,15 +340,16 @@ def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean
     """
     flux, weights = jnp.asarray(flux), jnp.asarray(weights)
     theta0, good = start_candidates(fm, flux, weights, grid=grid, n_best=n_best,
-                                    separation=separation)
-    repeat = partial(jnp.repeat, repeats=n_best, axis=0)
+                                    separation=separation, logg_alternative=logg_alternative)
+    k = theta0.shape[1]
+    repeat = partial(jnp.repeat, repeats=k, axis=0)
     fit_weights = weights * good if clean else weights
     candidates = fit_one_method(fm, theta0.reshape(-1, 5), repeat(flux), repeat(fit_weights),
                                 method=method, clean=False, max_iter=max_iter)
-    result = best_of(candidates, n_best)
+    result = best_of(candidates, k)
     if clean:
         result = fit_one_method(fm, result.theta, flux, weights, method=method, clean=True,
                                 max_iter=max_iter)
-    spread, elsewhere = mode_spread(candidates, repeat(fit_weights) > 0, n_best)
+    spread, elsewhere = mode_spread(candidates, repeat(fit_weights) > 0, k)
     return result._replace(covariance=result.covariance + spread,
                            flags=result.flags | MULTIMODAL * (elsewhere >= MULTIMODAL_MASS))
