@@ -253,10 +253,11 @@ def test_cell_lines_matches_brute_force():
 
 
 def _with_gaps(em):
-    """``em`` with lines 1 and 4 absent over parts of the grid, and its ``cell_lines``."""
+    """``em`` without line 1 on the two cooler Teff nodes and line 4 on the two hotter (so every
+    cell lacks one), and the same with its ``cell_lines``."""
     ln_amp = np.asarray(em.lines.ln_amp).copy()
     ln_amp[:2, :, :, 1] = L.MISSING_LN_AMP
-    ln_amp[1:, :, 1:, 4] = L.MISSING_LN_AMP
+    ln_amp[1:, :, :, 4] = L.MISSING_LN_AMP
     em = replace(em, lines=em.lines._replace(ln_amp=jnp.asarray(ln_amp)))
     return em, replace(em, active=jnp.asarray(L.cell_lines(ln_amp)))
 
@@ -283,8 +284,8 @@ def _shoulder_source():
     """A 2×2×2 source grid whose spectra have a weak line on the wing of a strong one (a shoulder,
     no minimum of its own) and an isolated line."""
     grid = LinearGrid(5000.0, 0.2, 300)
-    lines = _lines(grid.centres[[100, 104, 200]], np.log([0.35, 0.06, 0.15]), [0.25, 0.2, 0.25],
-                   [0.03, 0.02, 0.03])
+    lines = _lines(grid.centres[[100, 103, 200]], np.log([0.35, 0.06, 0.15]), [0.25, 0.25, 0.25],
+                   [0.03, 0.03, 0.03])
     spectrum = np.asarray(L.transmission(lines, grid, 64))
     axes = ((1.0, 2.0), (1.0, 2.0), (1.0, 2.0))
     normalised = np.broadcast_to(spectrum, (2, 2, 2, grid.n))
@@ -297,11 +298,12 @@ def test_second_pass_adds_the_missed_line():
     assert L.detect_lines(spectrum).pixel.size == 2          # the shoulder is not a minimum
     first, report1 = L.build_linelist_emulator(source, epochs=150, refine=False)
     second, report2 = L.build_linelist_emulator(source, epochs=150, refine=True)
-    assert np.all(report1.n_lines == 2) and np.all(report2.n_lines == 3)
-    assert report2.keys.size == 3
-    assert np.all(report2.rms < 0.3 * report1.rms) and np.all(report2.rms < 2e-3)
+    assert np.all(report1.n_lines == 2) and np.all(report2.n_lines > 2)
+    assert set(report1.keys) < set(report2.keys)             # the first pass's lines stay
+    # the single line fitted to the blend leaves dips on both sides: lines are added there
+    assert np.all(report1.rms > 2e-3) and np.all(report2.rms < 0.1 * report1.rms)
     clone = np.asarray(L.normalised_flux(second, 1.5, 1.5, 1.5))
-    assert np.sqrt(np.mean((clone - spectrum) ** 2)) < 2e-3
+    assert np.sqrt(np.mean((clone - spectrum) ** 2)) < 5e-4
 
 
 def test_missed_lines_skips_cloned_pixels():

@@ -17,7 +17,7 @@ from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain
 from jaxlasp.fit.driver import DEGENERATE, MULTIMODAL, NOT_CONVERGED, FitResult, fit_batch
 from jaxlasp.fit.start import (
     LOGG_SEPARATION, SEPARATION, best_of, clip_outliers, default_grid, distinct_best, fit_multistart, global_start,
-    logg_alternative, mode_spread, mode_weights)
+    best_at_other_logg, mode_spread, mode_weights)
 from jaxlasp.mock import draw_parameters, simulate
 from jaxlasp.model import LN_TEFF, LOGG, MU
 
@@ -107,14 +107,14 @@ def test_distinct_best_separates_candidates_in_teff():
     np.testing.assert_array_equal(distinct_best(chi2, ln_teff, 2, separation=0.01), [4, 0])
 
 
-def test_logg_alternative_is_the_best_node_at_another_gravity():
+def test_best_at_other_logg_is_the_best_node_at_another_gravity():
     logg = jnp.array([4.5, 4.5, 2.75, 1.0, 2.75, 4.0])
     chi2 = jnp.array([0.5, 1.0, 3.0, 2.0, 9.0, 0.7])
     picks = jnp.array([0, 1])
-    assert int(logg_alternative(chi2, logg, picks)) == 3           # node 5 is within 1 dex
-    assert int(logg_alternative(chi2, logg, jnp.array([0, 3]))) == 2
+    assert int(best_at_other_logg(chi2, logg, picks)) == 3           # node 5 is within 1 dex
+    assert int(best_at_other_logg(chi2, logg, jnp.array([0, 3]))) == 2
     # no node far enough in log g: the best node not chosen yet
-    assert int(logg_alternative(chi2, logg, picks, separation=5.0)) == 5
+    assert int(best_at_other_logg(chi2, logg, picks, separation=5.0)) == 5
 
 
 def test_clip_outliers_drops_spikes_and_unused_pixels_only():
@@ -226,6 +226,8 @@ def test_global_start_recovers_noise_free_spectra(fits, truth):
     np.testing.assert_allclose(np.exp(theta[:, LN_TEFF]), truth.teff, rtol=1e-6)
     np.testing.assert_allclose(theta[:, 3], truth.logg, atol=1e-5)
     np.testing.assert_allclose(theta[:, 4], truth.feh, atol=1e-5)
+    # other minima are infinitely less likely than an exact fit: not multimodal
+    assert not np.any(np.asarray(result.flags)[:N] & MULTIMODAL)
 
 
 def test_global_start_reaches_the_truths_minimum_at_snr50(fits, spectra):

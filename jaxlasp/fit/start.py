@@ -22,7 +22,7 @@ start removes that dependence on the start point:
 4. **Candidates** (``distinct_best``): the lowest-χ² node, then the lowest-χ² node at least
    ``separation`` in ln Teff away from those already chosen, and so on: n_best candidates in
    different Teff basins (different regimes when the data allow), not n neighbours of one; and
-   (``logg_alternative``) the lowest-χ² node at least ``LOGG_SEPARATION`` in log g from the best
+   (``best_at_other_logg``) the lowest-χ² node at least ``LOGG_SEPARATION`` in log g from the best
    one, for the Teff–log g valleys of hot stars, where a dwarf and a giant solution can sit at
    almost the same Teff (seen at 10 800 K, S/N 20: the Teff-distinct candidates all fell in the
    dwarf valley and the fit ended 2 dex from the truth's lower minimum).
@@ -190,7 +190,7 @@ def distinct_best(chi2, ln_teff, n_best: int, separation: float = SEPARATION):
     return jnp.stack(picks)
 
 
-def logg_alternative(chi2, logg, picks, separation: float = LOGG_SEPARATION):
+def best_at_other_logg(chi2, logg, picks, separation: float = LOGG_SEPARATION):
     """Index of the lowest-χ² node not in ``picks`` whose log g is at least ``separation`` from
     that of ``picks[0]`` (the best node); when there is none, the lowest-χ² node not in picks."""
     chosen = jnp.zeros(chi2.shape, bool).at[picks].set(True)
@@ -200,11 +200,11 @@ def logg_alternative(chi2, logg, picks, separation: float = LOGG_SEPARATION):
 
 
 def choose_candidates(chi2, nodes, n_best: int, separation, with_logg: bool):
-    """Indices of the candidates: ``distinct_best`` in Teff, plus the ``logg_alternative``."""
+    """Indices of the candidates: ``distinct_best`` in Teff, plus ``best_at_other_logg``."""
     picks = distinct_best(chi2, nodes[:, LN_TEFF], n_best, separation)
     if not with_logg:
         return picks
-    return jnp.append(picks, logg_alternative(chi2, nodes[:, LOGG], picks))
+    return jnp.append(picks, best_at_other_logg(chi2, nodes[:, LOGG], picks))
 
 
 @partial(jax.jit, static_argnames=("n_best", "with_logg"))
@@ -250,7 +250,7 @@ def global_start(fm: ForwardModel, flux, weights, *, grid: StartGrid | None = No
     cross-correlation and the fixed width ``sigma`` [px] and is scored by its χ²; the scoring is
     repeated without the pixels that are outliers at the best node (``clip_outliers``), and the
     n_best distinct best (``distinct_best``), then the best at another log g
-    (``logg_alternative``), are returned. Deterministic.
+    (``best_at_other_logg``), are returned. Deterministic.
     """
     return start_candidates(fm, flux, weights, grid=grid, n_best=n_best, separation=separation,
                             sigma=sigma, logg_alternative=logg_alternative)[0]
