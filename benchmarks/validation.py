@@ -704,7 +704,7 @@ def main(argv=None):
             f"| {label} | {run.timers[key].ms_per_spectrum():.1f} |" for key, label in (
                 ("grid", "global start: grid scoring (144 nodes)"),
                 ("fixed", f"{args.method} from one given start"),
-                ("global", f"{args.method} with the global start (grid + 3 candidates)"),
+                ("global", f"{args.method} with the global start (grid + 4 candidates)"),
                 ("clean", f"{args.method} with the global start + Clean"),
                 ("lm", "lm reference fits (from the truth; global, to compare Adam with)"))
             if run.timers[key].spectra]
