@@ -3,7 +3,8 @@
 Usage: OPENBLAS_NUM_THREADS=1 python benchmarks/validation.py [--model elodie|demo|PATH]
        [--method lm|adam] [--n 1000] [--n-snr N] [--snr inf 10 20 50 100] [--cosmic 10]
        [--chunk C] [--sections robustness accuracy calibration basins agreement clean cost
-       repeats] [--repeat-stars I ...] [--repeat-k 500] [--save FILE.npz]
+       repeats] [--repeat-stars I ...] [--repeat-k 500] [--errors profile|laplace]
+       [--save FILE.npz]
 
 Mock stars (``jaxlasp.mock``, seeds fixed) are fitted with the chosen optimiser (the library's
 ``jaxlasp.fit.start.fit_one_method`` from a given start, ``fit_multistart`` for the global start:
@@ -257,8 +258,9 @@ class Runner:
     ``n_used`` (pixels with weight > 0).
     """
 
-    def __init__(self, fm, method: str, n: int, n_snr: int, chunks: dict[str, int]):
-        self.fm, self.method, self.chunks = fm, method, chunks
+    def __init__(self, fm, method: str, n: int, n_snr: int, chunks: dict[str, int],
+                 errors: str = "profile"):
+        self.fm, self.method, self.chunks, self.errors = fm, method, chunks, errors
         self.truths = {"hot": draw_parameters(n, SEEDS["hot"], teff=(8000.0, 20000.0)),
                        "all": draw_parameters(n, SEEDS["all"])}
         self.sizes = {"hot": n, "all": n, "snr": n_snr}
@@ -319,7 +321,7 @@ class Runner:
             flux, weights = mocks.flux[rows], mocks.weights[rows]
             if theta0 is None:
                 fn = lambda: fit_multistart(self.fm, flux, weights,  # noqa: E731
-                                            method=method, clean=clean)
+                                            method=method, clean=clean, errors=self.errors)
             else:
                 fn = lambda: fit_one_method(self.fm, theta0[rows], flux, weights,  # noqa: E731
                                             method=method, clean=clean, max_iter=None)
@@ -614,6 +616,9 @@ def main(argv=None):
                         help="also: repeats (K noise draws of a few stars at S/N 10)")
     parser.add_argument("--repeat-stars", type=int, nargs="+", default=list(REPEAT_STARS))
     parser.add_argument("--repeat-k", type=int, default=500, help="noise draws per star")
+    parser.add_argument("--errors", choices=("profile", "laplace"), default="profile",
+                        help="error model of the global-start fits (jaxlasp.fit.errors); fits "
+                             "from a given start keep the Laplace errors")
     parser.add_argument("--save", default=None, help="write all fits and truths to this .npz")
     parser.add_argument("--load", default=None,
                         help="reuse the fits of a --save file (same --method, --n, --n-snr); "
@@ -623,10 +628,11 @@ def main(argv=None):
     chunks = {method: min(args.chunk or default, args.n)
               for method, default in (("lm", 250), ("adam", 50))}
     fm = forward_model(args.model)
-    run = Runner(fm, args.method, args.n, n_snr, chunks)
+    run = Runner(fm, args.method, args.n, n_snr, chunks, args.errors)
     print(f"# validation: model {args.model}, method {args.method}, N = {args.n} per robustness "
           f"set, {n_snr} per S/N set, chunks of {chunks[args.method]}, device "
-          f"{jax.devices()[0].device_kind}, {fm.grid.n} pixels, float64, weights = ivar")
+          f"{jax.devices()[0].device_kind}, {fm.grid.n} pixels, float64, weights = ivar, "
+          f"global-start errors {args.errors}")
     print(f"# code: {code_state()}; started {time.strftime('%Y-%m-%d %H:%M')}")
     if args.load:
         print(f"# loaded {run.load(args.load)} kinds of fit from {args.load} (their times are "

@@ -122,30 +122,37 @@ def initial_points(start, batch: int, fm: ForwardModel):
 
 
 @lru_cache(maxsize=None)
-def group_fitter(method: str, clean: bool, max_iter: int | None, global_start: bool):
+def group_fitter(method: str, clean: bool, max_iter: int | None, global_start: bool,
+                 errors: str = "laplace"):
     """The batch fit as a function of arrays: (fm, flux, weights) for the global start, else
-    (fm, θ₀, flux, weights); one function object per setting, so compiled programs are reused."""
+    (fm, θ₀, flux, weights); one function object per setting, so compiled programs are reused.
+    ``errors``: "profile" (covariance rescaled to the χ² profile, ``jaxlasp.fit.errors``) or
+    "laplace" (curve_fit's)."""
+    from jaxlasp.fit.errors import check_errors, profile_errors
     from jaxlasp.fit.start import fit_multistart, fit_one_method
 
+    check_errors(errors)
     if global_start:
         def fit_group(fm, flux, weights):
             return fit_multistart(fm, flux, weights, method=method, clean=clean,
-                                  max_iter=max_iter)
+                                  max_iter=max_iter, errors=errors)
     else:
         def fit_group(fm, theta0, flux, weights):
-            return fit_one_method(fm, theta0, flux, weights, method=method, clean=clean,
-                                  max_iter=max_iter)
+            result = fit_one_method(fm, theta0, flux, weights, method=method, clean=clean,
+                                    max_iter=max_iter)
+            return profile_errors(fm, result, flux, weights) if errors == "profile" else result
     return fit_group
 
 
 def fit(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
-        max_iter: int | None, devices: int | None = None) -> FitResult:
+        max_iter: int | None, devices: int | None = None, errors: str = "laplace") -> FitResult:
     """Run the chosen optimiser on a batch from θ₀, or from the global start when θ₀ is None
     (``max_iter`` None: the method's default). ``devices``: local devices to split the batch
-    over (None: all of the default backend; ``jaxlasp.parallel.devices``)."""
+    over (None: all of the default backend; ``jaxlasp.parallel.devices``). ``errors``:
+    "profile" or "laplace" (``group_fitter``)."""
     from jaxlasp.parallel.devices import device_mesh, run_sharded
 
-    fit_group = group_fitter(method, clean, max_iter, theta0 is None)
+    fit_group = group_fitter(method, clean, max_iter, theta0 is None, errors)
     batch = (flux, weights) if theta0 is None else (theta0, flux, weights)
     mesh = device_mesh(devices)
     if mesh.size == 1:
@@ -161,7 +168,8 @@ def check_method(method: str) -> None:
 
 def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = None,
                method: str = "lm", clean: bool = False, start=DEFAULT_START,
-               max_iter: int | None = None, devices: int | None = None):
+               max_iter: int | None = None, devices: int | None = None,
+               errors: str = "laplace"):
     """Fit spectra already on one observed grid; returns an astropy Table (one row per spectrum).
 
     flux: (b, n) flux (any scale: the multiplicative polynomial absorbs it).
@@ -172,6 +180,11 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     candidates: robust against the regime traps of a fixed start, ~4× the cost).
     method: "lm" (Levenberg–Marquardt) or "adam" (per-spectrum Adam, ``jaxlasp.fit.adam``).
     devices: local devices the batch is split over (None: all; ``jaxlasp.parallel.devices``).
+    errors: "laplace" (default: curve_fit's (JᵀJ)⁻¹·χ²/(M − 5), as PyLASP reports) or "profile"
+    (that covariance rescaled to the width of the χ² profile: calibrated on mock spectra where
+    the Laplace errors are too small, at about two LM fits more per spectrum;
+    ``jaxlasp.fit.errors``). The defaults of ``start`` and ``errors`` are PyLASP's; the CLI's
+    are the global start and "profile".
     """
     check_method(method)
     emulator = load_model(model)
@@ -184,7 +197,7 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     fm = build_forward_model(emulator, grid)
     theta0 = initial_points(start, len(flux), fm)
     result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter,
-                 devices=devices)
+                 devices=devices, errors=errors)
     columns = result_columns(result, grid)
     return make_table(ids, columns, [describe_flags(f) for f in columns["flags"]])
 
@@ -214,7 +227,7 @@ def empty_columns(n: int) -> dict[str, np.ndarray]:
 
 def fit_spectra(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = False,
                 start=DEFAULT_START, weighting: str = "none", max_iter: int | None = None,
-                devices: int | None = None):
+                devices: int | None = None, errors: str = "laplace"):
     """Fit spectra already cut to ``fm.grid`` (``LamostSpectrum``-like) as one batch (split over
     ``devices`` local devices, None: all).
 
@@ -225,7 +238,7 @@ def fit_spectra(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = 
     weights = np.stack([lamost_weights(s, weighting) for s in spectra])
     theta0 = initial_points(start, len(spectra), fm)
     result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter,
-                 devices=devices)
+                 devices=devices, errors=errors)
     columns = result_columns(result, fm.grid)
     input_flags = np.array([s.flags for s in spectra], np.int64) << INPUT_FLAG_SHIFT
     columns["flags"] = columns["flags"] | input_flags
@@ -263,13 +276,13 @@ def read_for_fit(path, grid: LogGrid, window, format: str = "auto") -> list[Read
 
 def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DEFAULT_START,
               window=(4200.0, 5700.0), weighting: str = "none", max_iter: int | None = None,
-              devices: int | None = None):
+              devices: int | None = None, errors: str = "laplace"):
     """Fit spectrum files (LAMOST DR9/DR10, DESI coadds, … see ``jaxlasp.io.read_spectra``);
     returns an astropy Table with one row per spectrum, in input order.
 
     A file that cannot be read (or a spectrum that does not cover the window) gets a row of NaNs
     with ``converged = False``, flag ``READ_ERROR`` and the reason; the others are fitted as one
-    batch.
+    batch. ``errors``: "laplace" (PyLASP's) or "profile", as in ``fit_arrays``.
     For many files use ``jaxlasp.pipeline.run`` (groups, progress, resume).
     """
     check_method(method)
@@ -283,7 +296,7 @@ def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DE
         fm = build_forward_model(emulator, grid)
         fitted, fit_reasons = fit_spectra(fm, [reads[i].spectrum for i in ok], method=method,
                                           clean=clean, start=start, weighting=weighting,
-                                          max_iter=max_iter, devices=devices)
+                                          max_iter=max_iter, devices=devices, errors=errors)
         for name, values in fitted.items():
             columns[name][ok] = values
         for k, i in enumerate(ok):

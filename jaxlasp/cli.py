@@ -67,6 +67,10 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
                         metavar="LO,HI", help="wavelength window [Å] (default 4200,5700)")
     parser.add_argument("--weighting", choices=("none", "ivar"), default="none",
                         help="pixel weights: none (PyLASP) or ivar (IVAR and ANDMASK)")
+    parser.add_argument("--errors", choices=("profile", "laplace"), default="profile",
+                        help="error bars: profile (default: the Laplace covariance rescaled to "
+                             "the width of the chi2 profile, calibrated on mock spectra) or "
+                             "laplace (curve_fit's, as PyLASP reports)")
     parser.add_argument("--format", default="auto",
                         help="input format: auto (recognise each file), lamost, desi, or another "
                              "registered reader")
@@ -216,7 +220,7 @@ def cmd_fit(args) -> int:
     options = FitOptions(method=args.method, clean=args.clean, start=args.start,
                          window=tuple(args.window), weighting=args.weighting,
                          max_iter=args.max_iter, group_size=args.group_size,
-                         format=args.format, devices=args.devices)
+                         format=args.format, devices=args.devices, errors=args.errors)
     log.info("model: %s", source)
     try:
         if args.scheduler or args.dask_workers:
@@ -333,7 +337,7 @@ def cmd_plot(args) -> int:
         used, label = weights > 0, f"parameters from {args.from_catalog}"
     else:
         result = fit(fm, initial_points(args.start, 1, fm), flux[None], weights[None],
-                     method=args.method, clean=args.clean, max_iter=None)
+                     method=args.method, clean=args.clean, max_iter=None, errors=args.errors)
         row = {k: v[0] for k, v in result_columns(result, fm.grid).items()}
         theta = np.asarray(result.theta[0])
         used = np.asarray(result.mask[0], bool) & (weights > 0)

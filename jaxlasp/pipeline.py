@@ -28,6 +28,7 @@ import numpy as np
 from jaxlasp.api import (
     COLUMNS, GLOBAL_START, READ_ERROR, check_method, empty_columns, fit_spectra, initial_points,
     load_model, make_table, read_for_fit)
+from jaxlasp.fit.errors import check_errors
 from jaxlasp.grids import lamost_fit_grid
 from jaxlasp.io import get_reader
 from jaxlasp.io.catalog import check_writable, read_catalog, write_catalog
@@ -58,6 +59,7 @@ class FitOptions:
     group_size: int = 64
     format: str = "auto"
     devices: int | None = None
+    errors: str = "profile"
 
     def capacity(self) -> int:
         """Spectra per group: ``group_size`` per device, over ``devices`` local devices (None:
@@ -192,7 +194,7 @@ def fit_group(fm: ForwardModel, group: list[Record], options: FitOptions, capaci
             fitted, fit_reasons = fit_spectra(
                 fm, padded, method=options.method, clean=options.clean, start=options.start,
                 weighting=options.weighting, max_iter=options.max_iter,
-                devices=options.devices)
+                devices=options.devices, errors=options.errors)
         except Exception as err:  # a failed group is recorded, never fatal
             log.error("fitting a group of %d spectra failed: %s", len(good), err)
             for k in good:
@@ -337,6 +339,7 @@ def run(inputs, model, output, options: FitOptions = FitOptions(), *, resume: bo
 def check_run(output: Path, options: FitOptions, resume: bool) -> None:
     """Raise ValueError for bad options or an output that exists without ``resume``."""
     check_method(options.method)
+    check_errors(options.errors)
     if options.group_size < 1:
         raise ValueError(f"group size must be ≥ 1, not {options.group_size}")
     if options.format != "auto":

@@ -50,6 +50,7 @@ import numpy as np
 
 from jaxlasp.emulators.tgm import Domain
 from jaxlasp.fit.driver import FAILURES, MU_LIMIT, MULTIMODAL, FitResult, fit_batch
+from jaxlasp.fit.errors import check_errors, profile_errors
 from jaxlasp.model import LN_TEFF, LOGG, ForwardModel, broadened, residuals
 from jaxlasp.spectral.continuum import cholesky_lower
 
@@ -325,7 +326,8 @@ def mode_spread(result: FitResult, used, n_best: int):
 
 def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean: bool = False,
                    n_best: int = 3, grid: StartGrid | None = None, max_iter: int | None = None,
-                   separation: float = SEPARATION, logg_alternative: bool = True) -> FitResult:
+                   separation: float = SEPARATION, logg_alternative: bool = True,
+                   errors: str = "profile") -> FitResult:
     """Fit spectra (b, n) from the global start: the best of its candidate fits per spectrum
     (n_best distinct in Teff, plus one at another log g with ``logg_alternative``).
 
@@ -334,10 +336,12 @@ def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean
     is the result. With ``clean`` they are fitted without the start's outlier pixels
     (``clip_outliers``: a cosmic ray must not choose the basin), and the winner's solution starts
     the fit with Clean on all used pixels. Returns a FitResult of b rows (``n_iter``: of the
-    winning candidate's fit, or of the Clean fit) whose covariance includes the spread between
-    distinct minima (``mode_spread``), flagged ``multimodal`` when other minima hold ≥
-    ``MULTIMODAL_MASS`` of the posterior mass.
+    winning candidate's fit, or of the Clean fit) whose covariance, rescaled to the χ² profile
+    with ``errors="profile"`` (``jaxlasp.fit.errors``), includes the spread between distinct
+    minima (``mode_spread``), flagged ``multimodal`` when other minima hold ≥ ``MULTIMODAL_MASS``
+    of the posterior mass.
     """
+    check_errors(errors)
     flux, weights = jnp.asarray(flux), jnp.asarray(weights)
     theta0, good = start_candidates(fm, flux, weights, grid=grid, n_best=n_best,
                                     separation=separation, logg_alternative=logg_alternative)
@@ -350,6 +354,8 @@ def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean
     if clean:
         result = fit_one_method(fm, result.theta, flux, weights, method=method, clean=True,
                                 max_iter=max_iter)
+    if errors == "profile":
+        result = profile_errors(fm, result, flux, weights)
     spread, elsewhere = mode_spread(candidates, repeat(fit_weights) > 0, k)
     return result._replace(covariance=result.covariance + spread,
                            flags=result.flags | MULTIMODAL * (elsewhere >= MULTIMODAL_MASS))
