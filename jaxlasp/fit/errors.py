@@ -37,6 +37,9 @@ PROFILED = (MU, LN_TEFF, LOGG, FEH)
 """Parameters whose errors are rescaled (σ, the broadening, keeps its Laplace error)."""
 MAX_RATIO = 100.0
 """Variance ratios are clipped to [1/MAX_RATIO, MAX_RATIO] (errors changed at most 10×)."""
+MAP_BATCH = 8
+"""Spectra evaluated together on a CPU (``lax.map``; other devices take the whole batch): small
+working sets stay in cache (all of a batch of 100 at once ran 1.7× slower per spectrum)."""
 ERRORS = ("profile", "laplace")
 """Error models: the profile-rescaled covariance, or the Laplace (curve_fit) one."""
 
@@ -99,12 +102,16 @@ def variance_ratios(fm: ForwardModel, theta, cov, flux, weights, step: float = P
 def profile_errors(fm: ForwardModel, result: FitResult, flux, weights) -> FitResult:
     """``result`` with its covariance rescaled to the χ² profile (``variance_ratios``) over the
     pixels each fit used (weights × final mask); batch of b spectra."""
-    def one(theta, cov, f, w, mask):
+    def one(args):
+        theta, cov, f, w, mask = args
         root = jnp.sqrt(variance_ratios(fm, theta, cov, f, w * mask))
         return cov * root[:, None] * root[None, :]
 
-    cov = jax.vmap(one)(result.theta, result.covariance, jnp.asarray(flux), jnp.asarray(weights),
-                        result.mask)
+    batch = (result.theta, result.covariance, jnp.asarray(flux), jnp.asarray(weights), result.mask)
+    if jax.default_backend() == "cpu":
+        cov = lax.map(one, batch, batch_size=MAP_BATCH)
+    else:
+        cov = jax.vmap(one)(batch)
     return result._replace(covariance=cov)
 
 
