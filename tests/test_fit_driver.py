@@ -84,11 +84,12 @@ def test_iteration_cap_is_flagged(paths):
 
 
 def test_degenerate_solution_is_flagged(elodie):
-    """Below σ ≈ 0.2 px the truncated kernel is one node: mu and σ stop acting on the model."""
+    """Below σ ≈ 0.2 px the truncated kernel is one node: mu and σ stop acting on the model; the
+    fit is also flagged undersampled (σ < RESOLVED_SIGMA)."""
     import jax.numpy as jnp
 
     from jaxlasp.api import lamost_weights, start_points
-    from jaxlasp.fit.driver import DEGENERATE, fit_batch
+    from jaxlasp.fit.driver import DEGENERATE, UNDERSAMPLED, fit_batch
     from jaxlasp.grids import lamost_fit_grid
     from jaxlasp.io import cut_to_grid, read_lamost
     from jaxlasp.model import SIGMA, build_forward_model
@@ -102,6 +103,7 @@ def test_degenerate_solution_is_flagged(elodie):
     result = fit_batch(build_forward_model(elodie, grid), jnp.asarray(theta0), flux, weights)
     assert int(result.flags[0]) & DEGENERATE and not bool(result.converged[0])
     assert not int(result.flags[1]) & DEGENERATE and bool(result.converged[1])
+    assert int(result.flags[0]) & UNDERSAMPLED and not int(result.flags[1]) & UNDERSAMPLED
 
 
 def test_adam_through_the_same_entry_point(paths, batch_table):

@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import jaxlasp  # noqa: F401
-from jaxlasp.spectral.broaden import broaden, gaussian_kernel, kernel_fits
+from jaxlasp.spectral.broaden import RESOLVED_SIGMA, broaden, gaussian_kernel, kernel_fits
 from jaxlasp.spectral.continuum import (
     fit_multiplicative_polynomial, legendre_basis, legendre_system)
 from jaxlasp.spectral.resample import resample
@@ -95,6 +95,27 @@ def test_broaden_matches_numpy_convolve(seed, n, mu, sigma):
     np.testing.assert_allclose(np.asarray(gaussian_kernel(mu, sigma, half))[::-1],
                                kernel_reference(mu, sigma, half), rtol=1e-12, atol=1e-300)
     assert bool(kernel_fits(mu, sigma, half))
+
+
+def kernel_moments(mu: float, sigma: float, half: int = 20):
+    """(centroid − mu, variance/σ² − 1) of the sampled kernel [pixels]."""
+    x = np.arange(half, -half - 1, -1)
+    k = np.asarray(gaussian_kernel(mu, sigma, half))
+    centre = k @ x
+    return centre - mu, (k @ (x - centre) ** 2) / sigma**2 - 1
+
+
+def test_resolved_sigma_is_where_the_sampled_kernel_stays_gaussian():
+    """From RESOLVED_SIGMA up the sampled kernel keeps its centre (≤ 0.025 px) and width (≤ 15 %)
+    for every sub-pixel mu; just below it (0.4 px) it does not: the ``undersampled`` flag."""
+    offsets = np.linspace(0.0, 1.0, 41)
+    for sigma, centre_max, width_max in [(RESOLVED_SIGMA, 0.025, 0.15), (0.7, 1e-3, 3e-3),
+                                         (1.0, 1e-5, 1e-4)]:
+        moments = np.array([kernel_moments(mu, sigma) for mu in offsets])
+        assert np.max(np.abs(moments[:, 0])) <= centre_max
+        assert np.max(np.abs(moments[:, 1])) <= width_max
+    below = np.array([kernel_moments(mu, 0.4) for mu in offsets])
+    assert np.max(np.abs(below[:, 0])) > 0.08 and np.max(np.abs(below[:, 1])) > 0.5
 
 
 @settings(max_examples=40, deadline=None)

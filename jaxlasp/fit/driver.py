@@ -16,8 +16,8 @@ import numpy as np
 from jaxlasp.fit import lm
 from jaxlasp.fit.clean import clean, masked_std
 from jaxlasp.fit.schedule import run_compacted
-from jaxlasp.model import ForwardModel, components, model_flags, residuals_and_jacobian
-from jaxlasp.spectral.broaden import SIGMA_FLOOR
+from jaxlasp.model import SIGMA, ForwardModel, components, model_flags, residuals_and_jacobian
+from jaxlasp.spectral.broaden import RESOLVED_SIGMA, SIGMA_FLOOR
 
 MAX_CLEAN = 10
 """PyLASP's ``nclean``: at most 10 Clean calls, 11 fits."""
@@ -40,10 +40,13 @@ DEGENERATE = 64            # a parameter (almost) without effect: singular covar
 #                            error wider than the parameter's whole box
 MULTIMODAL = 128           # global start: another distinct minimum holds ≥ 1 % of the posterior
 #                            mass; the errors include the spread between the minima
+UNDERSAMPLED = 2048        # σ < RESOLVED_SIGMA: the pixel-sampled kernel is no Gaussian of that
+#                            width and centre (RV biased, errors meaningless); 256–1024: readers
 FLAG_NAMES = {NOT_CONVERGED: "not_converged", NONFINITE: "nonfinite", NEGATIVE_POLYNOMIAL:
               "negative_polynomial", AT_BOUND: "at_bound", FEW_PIXELS: "few_pixels",
-              DEGENERATE: "degenerate", MULTIMODAL: "multimodal"}
-FAILURES = NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS | DEGENERATE
+              DEGENERATE: "degenerate", MULTIMODAL: "multimodal", UNDERSAMPLED: "undersampled"}
+FAILURES = (NOT_CONVERGED | NONFINITE | NEGATIVE_POLYNOMIAL | FEW_PIXELS | DEGENERATE
+            | UNDERSAMPLED)
 """Flags that make a result not ``converged``."""
 MAX_VARIANCE_INFLATION = 1e10
 """Largest (JᵀJ)⁻¹_jj·(JᵀJ)_jj accepted; beyond it the errors are meaningless (e.g. σ so small
@@ -147,7 +150,8 @@ def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
         flags = (NOT_CONVERGED * (st.status == lm.MAX_ITER)
                  + NONFINITE * ((st.status == lm.NONFINITE) | nonfinite | ~jnp.isfinite(loss))
                  + NEGATIVE_POLYNOMIAL * negative + AT_BOUND * at_bound
-                 + FEW_PIXELS * (n_used < MIN_GOOD_PIXELS) + DEGENERATE * degenerate)
+                 + FEW_PIXELS * (n_used < MIN_GOOD_PIXELS) + DEGENERATE * degenerate
+                 + UNDERSAMPLED * (st.theta[SIGMA] < RESOLVED_SIGMA))
         return cov, loss, flags
     return jax.vmap(one)(state, flux, weights, good)
 

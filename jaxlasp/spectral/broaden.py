@@ -14,6 +14,10 @@ SIGMA_FLOOR = 0.1
 """Smallest kernel width used [pixels]."""
 CHUNK = 9
 """Shifted copies added per loop step in ``shifted_sum``."""
+RESOLVED_SIGMA = 0.5
+"""Narrowest kernel [pixels] whose samples at whole pixels still act as a Gaussian of that width
+and centre: below it the sampled kernel's centroid is off by up to 0.02 (σ = 0.5) to 0.27 px
+(σ = 0.25) and its variance by 14 % to 300 %, depending on the fractional part of ``mu``."""
 TRUNCATION = 5.0
 """Kernel nodes with |x − mu| > TRUNCATION·σ are zero."""
 
