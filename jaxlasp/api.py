@@ -182,7 +182,7 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     devices: local devices the batch is split over (None: all; ``jaxlasp.parallel.devices``).
     errors: "laplace" (default: curve_fit's (JᵀJ)⁻¹·χ²/(M − 5), as PyLASP reports) or "profile"
     (that covariance rescaled to the width of the χ² profile: calibrated on mock spectra where
-    the Laplace errors are too small, at about two LM fits more per spectrum;
+    the Laplace errors are too small, at about 1.5 LM fits more per spectrum;
     ``jaxlasp.fit.errors``). The defaults of ``start`` and ``errors`` are PyLASP's; the CLI's
     are the global start and "profile".
     """

@@ -17,7 +17,8 @@ this brought the pull widths at S/N 10 from 1.06 / 1.11 / 1.08 / 1.09 (RV, Teff,
 to 1.04 / 1.05 / 1.04 / 1.04 and left those at S/N 50 and 100 unchanged (README, "Validation").
 
 Cost per spectrum: 8 profile points × (PROFILE_ITERATIONS residual + Jacobian evaluations + one
-residual evaluation), about two LM fits.
+residual evaluation): 4.6–4.8 ms on the 2-core CPU, 1.2–1.5× an LM No Clean fit
+(`benchmarks/errors.py`).
 """
 from __future__ import annotations
 
