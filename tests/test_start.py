@@ -14,7 +14,8 @@ import pytest
 
 from jaxlasp.api import start_points
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain
-from jaxlasp.fit.driver import DEGENERATE, MULTIMODAL, NOT_CONVERGED, FitResult, fit_batch
+from jaxlasp.fit.driver import (
+    DEGENERATE, MULTIMODAL, NOT_CONVERGED, UNDERSAMPLED, FitResult, fit_batch)
 from jaxlasp.fit.start import (
     LOGG_SEPARATION, SEPARATION, best_of, clip_outliers, default_grid, distinct_best, fit_multistart, global_start,
     best_at_other_logg, mode_spread, mode_weights)
@@ -25,7 +26,7 @@ N = 16
 FIXED_START = (7500.0, 3.5, -0.5)
 TRAPPED_NOISE_FREE = (4, 9)
 """Stars that LM from FIXED_START leaves off the truth on noise-free spectra (5094 K → 5029 K with
-σ collapsed, flagged degenerate; 12751 K → 8329 K, converged)."""
+σ collapsed, flagged degenerate and undersampled; 12751 K → 8329 K, converged)."""
 TRAPPED_SNR50 = (1, 4)
 """Stars that LM from FIXED_START leaves ≥ 10 errors off at S/N 50 (16044 K → 8883 K, unflagged;
 5094 K → 5028 K, at a bound)."""
@@ -210,8 +211,9 @@ def test_fixed_start_is_trapped_on_these_stars(fits):
     """The cases are real: LM from the fixed start misses the truth (Δχ² ≫ 1 at S/N 50)."""
     fixed, true = fits["fixed"], fits["truth"]
     trapped = list(TRAPPED_NOISE_FREE)
-    # 5094 K: σ collapsed (mu, σ errors ~1e26 px), flagged degenerate; 12751 K: converged, wrong
-    np.testing.assert_array_equal(np.asarray(fixed.flags)[trapped], [DEGENERATE, 0])
+    # 5094 K: σ collapsed (mu, σ errors ~1e26 px), flagged degenerate and undersampled; 12751 K:
+    # converged, wrong
+    np.testing.assert_array_equal(np.asarray(fixed.flags)[trapped], [DEGENERATE | UNDERSAMPLED, 0])
     assert np.all(np.asarray(fixed.loss)[trapped] > 1e-3)
     assert np.all(np.asarray(true.loss)[trapped] < 1e-12)
     noisy = [N + i for i in TRAPPED_SNR50]
