@@ -1,7 +1,7 @@
 """Throughput and memory from 10³ to 10⁶ spectra: does the LM path stay flat as the volume grows?
 
 Usage: python benchmarks/volume.py [--sizes 1000 10000 100000] [--group 256] [--model demo|FILE]
-       [--clean] [--start fixed|global] [--snr 30]
+       [--clean] [--start fixed|global] [--snr 30] [--progress 100000]
 
 Spectra: mock spectra (``jaxlasp.mock``: parameters drawn over the model's domain, random smooth
 continuum, Gaussian noise at ``--snr``), generated group by group with the group's index as seed
@@ -11,7 +11,9 @@ is timed separately and left out), spectra/s, the share that converged, and the 
 resident memory (a high-water mark, so read the sizes in increasing order: memory that does not
 grow with N is the point). Before the runs, XLA's memory analysis of the compiled LM program
 (``driver.run_lm``: arguments + outputs + temporaries) for several batch sizes gives the device
-memory per spectrum.
+memory per spectrum. With ``--progress K`` a running row (spectra so far, fit s, spectra/s, the
+share converged, peak RSS) is printed every K spectra of a size, so a run of 10⁶ spectra shows its
+trend as it goes and one cut short still leaves its figures.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def stream(fm, emulator, n: int, group: int, args):
     theta0 = None if args.start == "global" else initial_points(FIXED_START, group, fm)
     fit_seconds = mock_seconds = 0.0
     converged = 0
+    next_report = args.progress or n + group
     for index, first in enumerate(range(0, n, group)):
         t = time.perf_counter()
         truth = draw_parameters(group, seed=index, domain=emulator.domain)
@@ -75,6 +78,12 @@ def stream(fm, emulator, n: int, group: int, args):
         ok = np.asarray(jax.block_until_ready(result.converged))
         fit_seconds += time.perf_counter() - t
         converged += int(ok[:min(group, n - first)].sum())
+        done = first + group
+        if done >= next_report and done < n:
+            next_report += args.progress
+            print(f"  progress {done} of {n}: fit {fit_seconds:.1f} s, {done / fit_seconds:.1f} "
+                  f"spectra/s, converged {converged / done:.1%}, peak RSS {peak_rss_mb():.0f} MB",
+                  flush=True)
     return fit_seconds, mock_seconds, converged, -(-n // group) * group
 
 
@@ -86,6 +95,8 @@ def main() -> None:
     parser.add_argument("--clean", action="store_true")
     parser.add_argument("--start", choices=("fixed", "global"), default="fixed")
     parser.add_argument("--snr", type=float, default=30.0)
+    parser.add_argument("--progress", type=int, default=0,
+                        help="print a running row every this many spectra (0: none)")
     parser.add_argument("--memory-batches", type=int, nargs="*", default=[32, 256, 1024])
     args = parser.parse_args()
     emulator = load_model(args.model)
