@@ -1,15 +1,17 @@
 """Line-list (blase3D) emulator: clone fidelity, reconstruction speed, blase3D inference protocol.
 
 Usage: python benchmarks/lines.py [--teff 3200 7000 200 11000 400] [--logg 2 5.5 0.5]
-       [--feh -0.5 0] [--epochs 100] [--no-refine] [--n-test-teff 21] [--gp 21]
-       [--amplitude log linear]
+       [--feh -0.5 0] [--method shared blase3d] [--epochs 100] [--no-refine]
+       [--n-test-teff 21] [--gp 21] [--amplitude log linear]
 
 An axis is ``start stop step [stop step ...]``: the default Teff axis is 3200–7000 K in 200 K steps,
 then 7400–11000 K in 400 K steps (30 nodes; blase3D's density, 100/200 K, is
 ``--teff 3100 7000 100 11000 200``, 60 nodes). Source grid: the ELODIE 3.2 TGM model of
 ../shared/data (the demo model when absent) on --teff × --logg × --feh, continuum-normalised
 (``jaxlasp.emulators.lines.source_grid``), cloned with Adam (lr 0.05, --epochs), then (unless
---no-refine) a second detection pass on the clone residuals and --epochs more.
+--no-refine) a second detection pass on the clone residuals and --epochs more, by each --method of
+``build_linelist_emulator`` in turn ("shared": one pooled line list, the grid cloned jointly with
+a smoothness penalty; "blase3d": every node alone, lines identified by their start centres).
 
 Printed:
 * clone fidelity: RMS of clone − normalised source per node (min / median / max, and by Teff),
@@ -24,7 +26,7 @@ Printed:
   the time of one spectrum alone; mean |error| for Teff below / at or above 7000 K;
 * --gp spectra spread over the test set inferred by scikit-optimize ``gp_minimize`` (100 random
   + 20 guided evaluations of the RMS loss, Teff within ±500 K of the truth as blase3D) on the
-  first --amplitude, with LM on the same spectra.
+  first --method's emulator with the first --amplitude, with LM on the same spectra.
 """
 from __future__ import annotations
 
@@ -215,6 +217,8 @@ def main():
                                                                    11000.0, 400.0])
     parser.add_argument("--logg", type=float, nargs="+", default=[2.0, 5.5, 0.5])
     parser.add_argument("--feh", type=float, nargs="+", default=[-0.5, 0.0])
+    parser.add_argument("--method", nargs="+", default=list(L.CLONE_METHODS),
+                        choices=L.CLONE_METHODS)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--no-refine", dest="refine", action="store_false")
     parser.add_argument("--n-test-teff", type=int, default=21)
@@ -227,59 +231,80 @@ def main():
     print(f"model {label}, {tgm.grid.n} pixels; grid {[len(a) for a in axes]} = "
           f"{np.prod([len(a) for a in axes])} nodes (Teff {args.teff}, log g {args.logg}, "
           f"[Fe/H] {args.feh}); device {jax.devices()[0]}")
-    t0 = time.perf_counter()
     source = L.source_grid(tgm, *axes)
-    em, report = L.build_linelist_emulator(source, epochs=args.epochs, refine=args.refine)
-    build = time.perf_counter() - t0
+    first = None
+    for method in args.method:
+        em = build(source, method, args)
+        first = first or em
+        protocol(tgm, em, method, args)
+    for side, (dt, dg, dz) in BLASE3D.items():
+        print(f"  {'blase3D (PHOENIX, GP)':24s} {side:9s} |ΔTeff| {dt:6.1f} K  |Δlog g| {dg:.3f}"
+              f"  |Δ[Fe/H]| {dz:.3f}  ~200 s/spectrum")
+    if args.gp:
+        truth = test_points(first.domain, args.n_test_teff)
+        pick = np.linspace(0, len(truth) - 1, args.gp).round().astype(int)
+        truth = truth[pick]
+        data = _normalised(tgm, truth)
+        emu = first.with_amplitude(args.amplitude[0])
+        label = f"{args.method[0]}, {args.amplitude[0]}"
+        est, times = infer_gp(emu, data, truth)
+        lm_est, _, lm_seconds = infer_lm(emu, data, node_clones(emu))
+        for i, t, g, lmv, s in zip(pick, truth, est, lm_est, times):
+            print(f"  GP ({label}) spectrum {i}: truth {t.round(2)} GP {np.round(g, 2)}"
+                  f" ({s:.1f} s) LM {lmv.round(2)}")
+        errors(est, truth, f"GP ({label})", times.mean())
+        errors(lm_est, truth, f"LM ({label}), same", lm_seconds / len(pick))
+
+
+def build(source, method, args):
+    """Clone ``source`` by ``method``, print the clone fidelity and reconstruction speed."""
+    t0 = time.perf_counter()
+    em, report = L.build_linelist_emulator(source, method=method, epochs=args.epochs,
+                                           refine=args.refine)
+    build_s = time.perf_counter() - t0
     n_nodes = report.rms.size
     size = sum(np.asarray(a).nbytes for a in jax.tree.leaves(em)) / 2**20
-    print(f"clone fidelity ({args.epochs} epochs{', refined' if args.refine else ''}): RMS min "
-          f"{report.rms.min():.4f} median {np.median(report.rms):.4f} max {report.rms.max():.4f};"
-          f" lines/node median {np.median(report.n_lines):.0f} (min {report.n_lines.min()}, max "
-          f"{report.n_lines.max()}); {report.keys.size} distinct lines, at most "
-          f"{em.active.shape[-1]} per cell; build {build:.1f} s ({build / n_nodes:.2f} s/node "
-          f"incl. compile); emulator {size:.0f} MiB; peak RSS {_peak_rss():.0f} MiB")
-    for t_i in range(0, len(axes[0]), max(len(axes[0]) // 15, 1)):
-        print(f"  Teff {axes[0][t_i]:6.0f} K: median clone RMS {np.median(report.rms[t_i]):.4f}"
+    per_cell = em.active.shape[-1] if em.active is not None else em.lines.mu.shape[-1]
+    print(f"\n### method {method}\nclone fidelity ({args.epochs} epochs"
+          f"{', refined' if args.refine else ''}): RMS min {report.rms.min():.4f} median "
+          f"{np.median(report.rms):.4f} max {report.rms.max():.4f}; lines detected per node median "
+          f"{np.median(report.n_lines):.0f} (min {report.n_lines.min()}, max "
+          f"{report.n_lines.max()}); {report.keys.size} distinct lines, {per_cell} evaluated per "
+          f"spectrum; build {build_s:.1f} s ({build_s / n_nodes:.2f} s/node incl. compile); "
+          f"emulator {size:.0f} MiB; peak RSS {_peak_rss():.0f} MiB")
+    teffs = source.axes[0]
+    for t_i in range(0, len(teffs), max(len(teffs) // 15, 1)):
+        print(f"  Teff {teffs[t_i]:6.0f} K: median clone RMS {np.median(report.rms[t_i]):.4f}"
               f", max {report.rms[t_i].max():.4f}, lines {np.median(report.n_lines[t_i]):.0f}")
     reconstruction(em)
+    return em
 
+
+def protocol(tgm, em, method, args):
+    """The blase3D protocol on ``em`` for each --amplitude: interpolation error and LM accuracy."""
     truth = test_points(em.domain, args.n_test_teff)
     data = _normalised(tgm, truth)
     print(f"protocol: {len(truth)} noise-free off-node test spectra in the grid box")
     for amplitude in args.amplitude:
         emu = em.with_amplitude(amplitude)
+        label = f"{method}, {amplitude}"
         t0 = time.perf_counter()
         reference = jax.block_until_ready(node_clones(emu))
         t_ref = time.perf_counter() - t0
         off = np.sqrt(np.mean((np.asarray(jax.jit(jax.vmap(
             L.normalised_flux, in_axes=(None, 0, 0, 0)))(emu, *jnp.asarray(truth).T)) - data) ** 2,
             axis=1))
-        print(f"  amplitude {amplitude}: emulator RMS vs the test spectra at the truth: median "
+        print(f"  {label}: emulator RMS vs the test spectra at the truth: median "
               f"{np.median(off):.4f}, max {off.max():.4f}; node clones for the start "
               f"{t_ref:.1f} s (once per emulator, incl. compile)")
         est, n_iter, seconds = infer_lm(emu, data, reference)
         single = single_lm_seconds(emu, data, reference)
-        print(f"  LM ({amplitude}): batch of {len(data)} in {seconds:.1f} s = "
+        print(f"  LM ({label}): batch of {len(data)} in {seconds:.1f} s = "
               f"{seconds / len(data):.3f} s/spectrum; one at a time {single:.3f} s/spectrum; "
               f"iterations mean {n_iter.mean():.1f}, max {n_iter.max()}")
-        errors(est, truth, f"LM ({amplitude})", seconds / len(truth))
+        errors(est, truth, f"LM ({label})", seconds / len(truth))
         at_node = np.min(np.abs(est[:, :1] - np.asarray(em.axes[0])[None]), axis=1) < 1.0
-        print(f"  LM ({amplitude}): {at_node.mean():.0%} of the estimates within 1 K of a Teff "
-              f"node (the clones are exact at the nodes only: the loss has minima there)")
-    for side, (dt, dg, dz) in BLASE3D.items():
-        print(f"  {'blase3D (PHOENIX, GP)':24s} {side:9s} |ΔTeff| {dt:6.1f} K  |Δlog g| {dg:.3f}"
-              f"  |Δ[Fe/H]| {dz:.3f}  ~200 s/spectrum")
-    if args.gp:
-        pick = np.linspace(0, len(truth) - 1, args.gp).round().astype(int)
-        emu = em.with_amplitude(args.amplitude[0])
-        est, times = infer_gp(emu, data[pick], truth[pick])
-        lm_est, _, lm_seconds = infer_lm(emu, data[pick], node_clones(emu))
-        for i, t, g, lmv, s in zip(pick, truth[pick], est, lm_est, times):
-            print(f"  GP ({args.amplitude[0]}) spectrum {i}: truth {t.round(2)} GP {np.round(g, 2)}"
-                  f" ({s:.1f} s) LM {lmv.round(2)}")
-        errors(est, truth[pick], f"GP ({args.amplitude[0]})", times.mean())
-        errors(lm_est, truth[pick], f"LM ({args.amplitude[0]}), same", lm_seconds / len(pick))
+        print(f"  LM ({label}): {at_node.mean():.0%} of the estimates within 1 K of a Teff node")
 
 
 if __name__ == "__main__":

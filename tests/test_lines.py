@@ -314,3 +314,120 @@ def test_missed_lines_skips_cloned_pixels():
     shallow = np.asarray(L.transmission(truth._replace(ln_amp=truth.ln_amp - 0.5), grid, 64))
     np.testing.assert_array_equal(L.missed_lines(target, only_first, [50]).pixel, [120])
     assert L.missed_lines(target, shallow, [50, 120]).pixel.size == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared clone
+
+
+def _detections(pixels):
+    return L.Detected(np.asarray(pixels, int), np.full(len(pixels), 0.1), np.full(len(pixels), 3.))
+
+
+def test_pooled_lines_merges_across_nodes_not_within():
+    """Detections of different nodes ≤ 1 pixel apart are one line; two of one node stay two."""
+    grid = LinearGrid(5000.0, 0.2, 300)
+    found = [_detections([50, 100, 160, 161]), _detections([51, 100, 102]), _detections([])]
+    pooled = L.pooled_lines(found, grid)
+    expected = [50.5, 100, 102, 160, 161]
+    np.testing.assert_allclose(pooled.mu, grid.start + grid.step * np.array(expected), rtol=1e-12)
+    assert L.pooled_lines([_detections([])], grid).mu.size == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(20, 80), max_size=12, unique=True), min_size=1, max_size=5))
+def test_pooled_lines_properties(pixel_lists):
+    """Sorted centres; at least as many lines as any node detected, at most all detections; every
+    detection within one pixel of a pooled centre."""
+    grid = LinearGrid(5000.0, 0.2, 100)
+    pooled = L.pooled_lines([_detections(sorted(p)) for p in pixel_lists], grid)
+    sizes = [len(p) for p in pixel_lists]
+    assert max(sizes) <= pooled.mu.size <= sum(sizes)
+    assert np.all(np.diff(pooled.mu) > 0)
+    for p in pixel_lists:
+        for wave in grid.centres[np.asarray(p, int)]:
+            assert np.min(np.abs(pooled.mu - wave)) <= grid.step + 1e-9
+
+
+def _roughness_reference(fields, shape):
+    total = 0.0
+    for value, scale in zip(fields, L.SMOOTHNESS_SCALE):
+        cube = np.asarray(value).reshape(*shape, -1) / scale
+        for axis, n in enumerate(shape):
+            if n > 1:
+                total += np.mean(np.diff(cube, n=min(2, n - 1), axis=axis) ** 2)
+    return total
+
+
+def test_roughness_is_zero_for_linear_trends_and_matches_numpy():
+    shape = (5, 3, 1)
+    i, j, _ = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    linear = [(a * i + b * j).reshape(-1, 1) * np.ones((1, 4)) for a, b in
+              ((0.01, -0.02), (0.5, 0.2), (-0.1, 0.3), (0.2, 0.0))]
+    assert float(L.roughness(L.Lines(*map(jnp.asarray, linear)), shape)) == pytest.approx(0, abs=1e-20)
+    rng = np.random.default_rng(3)
+    fields = [rng.normal(size=(15, 4)) for _ in range(4)]
+    assert float(L.roughness(L.Lines(*map(jnp.asarray, fields)), shape)) == pytest.approx(
+        _roughness_reference(fields, shape), rel=1e-12)
+    two = (2, 3, 1)   # an axis of two nodes contributes its first difference
+    fields = [rng.normal(size=(6, 4)) for _ in range(4)]
+    assert float(L.roughness(L.Lines(*map(jnp.asarray, fields)), two)) == pytest.approx(
+        _roughness_reference(fields, two), rel=1e-12)
+
+
+def _smooth_source():
+    """A 5×2×2 grid of synthetic spectra whose lines move and grow smoothly with the node
+    coordinates, and a function giving the exact spectrum anywhere in the box."""
+    grid = LinearGrid(5000.0, 0.2, 400)
+    base = _random_lines(np.random.default_rng(8), grid, 12, depth=(0.1, 0.5))
+
+    def spectrum(t, g, z):
+        lines = base._replace(mu=base.mu + 0.15 * t - 0.05 * g,
+                              ln_amp=base.ln_amp + 0.6 * t + 0.2 * z - 0.1 * t * t,
+                              sigma=base.sigma * (1 + 0.05 * g))
+        return np.asarray(L.transmission(lines, grid, 64))
+
+    axes = (tuple(np.arange(5.0)), (0.0, 1.0), (0.0, 1.0))
+    normalised = np.stack([spectrum(*p) for p in np.ndindex(5, 2, 2)]).reshape(5, 2, 2, -1)
+    source = L.SourceGrid(axes, normalised, np.ones((5, 2, 2, 1)), normalised, grid,
+                          Domain(*((a[0], a[-1]) for a in axes)))
+    return source, spectrum
+
+
+@pytest.mark.parametrize("method", L.CLONE_METHODS)
+def test_clone_methods_on_a_smooth_grid(method):
+    """Both methods clone the nodes closely; between the nodes only the shared clone stays close to
+    the true spectrum (its line parameters vary smoothly)."""
+    source, spectrum = _smooth_source()
+    em, report = L.build_linelist_emulator(source, method=method, epochs=200)
+    assert np.all(report.rms < 4e-3)
+    mids = [(0.5, 0.5, 0.5), (1.5, 0.3, 0.8), (2.5, 0.5, 0.2), (3.5, 0.9, 0.5)]
+    between = max(np.sqrt(np.mean((np.asarray(L.normalised_flux(em, *p)) - spectrum(*p)) ** 2))
+                  for p in mids)
+    if method == "shared":
+        assert em.active is None and em.lines.mu.shape == (5, 2, 2, report.keys.size)
+        assert between < 3 * np.median(report.rms) + 2e-3
+    else:
+        assert between > 2 * np.median(report.rms)
+
+
+def test_shared_clone_smoothness_lowers_roughness():
+    source, _ = _smooth_source()
+    targets = source.normalised.reshape(-1, source.grid.n)
+    found = [L.detect_lines(t) for t in targets]
+    start = L.pooled_lines(found, source.grid)
+    starts = L.Lines(*(np.broadcast_to(p, (len(targets), p.size)) for p in start))
+    rough = []
+    for smoothness in (0.0, 1e-4):
+        fitted, rms = L.clone_grid(targets, starts, (5, 2, 2), source.grid, epochs=100,
+                                   smoothness=smoothness, chunk=8)
+        rough.append(float(L.roughness(L._to_free(L.Lines(*map(jnp.asarray, fitted))),
+                                       (5, 2, 2))))
+        assert np.all(rms < 0.02)
+    assert rough[1] < 0.5 * rough[0]
+
+
+def test_unknown_clone_method():
+    source, _ = _smooth_source()
+    with pytest.raises(ValueError, match="method"):
+        L.build_linelist_emulator(source, method="independent")

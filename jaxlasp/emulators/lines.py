@@ -19,6 +19,17 @@ Method (Shankar, Gully-Santiago & Morley, blase3D; blase: Gully-Santiago & Morle
    and evaluated (``cell_lines``): on the 480-node ELODIE grid of ``benchmarks/lines.py`` at most
    3792 of the 7451 distinct lines.
 
+That is ``build_linelist_emulator(method="blase3d")``. Its clones are close at the nodes but poor
+between them: each node is fitted alone, so neighbouring nodes split a blend differently and a
+line detected one pixel apart at two nodes is two lines, each vanishing at the other node; the
+interpolated spectrum is then worse than the nearest node's and a fit ends on a node. The default,
+``method="shared"``, replaces steps 2–3: the detections of all nodes are pooled into one line list
+(``pooled_lines``; detections of different nodes within one pixel are one line), every node
+starts from that list, and the whole grid is cloned at once by Adam on the mean squared residual
+plus a penalty on each line parameter's second difference across the nodes (``clone_grid``,
+``roughness``), so the parameters vary smoothly and step 4's interpolation follows the spectra
+between the nodes (``benchmarks/lines.py``: LM errors on off-node spectra several times smaller).
+
 Profile: the pseudo-Voigt of Ida, Ando & Toraya (2000) in the Thompson–Cox–Hastings form, with the
 width f and the Lorentz fraction η from σ and γ (blase paper Eq. 2; ``tch_width_eta``).
 
@@ -73,6 +84,12 @@ AMPLITUDE_SPACES = ("log", "linear")
 """Spaces in which line amplitudes are interpolated (``LineListEmulator.amplitude``)."""
 MAX_DEPTH = 1.0 - 1e-9
 """Largest a·V used in ln(1 − aV): keeps the logarithm finite (the factor saturates beyond)."""
+CLONE_METHODS = ("shared", "blase3d")
+"""How the grid is cloned (``build_linelist_emulator``)."""
+MERGE_PIXELS = 1
+"""Detections of different nodes at most this many pixels apart are one line (shared clone)."""
+SMOOTHNESS = 1e-5
+"""Weight of the shared clone's grid-roughness penalty against the mean squared residual."""
 
 
 class Lines(NamedTuple):
@@ -384,6 +401,122 @@ def clone_batch(targets, lines: Lines, mask, grid: LinearGrid, halfwidth: int = 
 
 
 # ---------------------------------------------------------------------------------------------
+# Shared clone: one line list for the whole grid, fitted jointly and smoothly
+
+
+def pooled_lines(found: list[Detected], grid: LinearGrid, merge: int = MERGE_PIXELS) -> Lines:
+    """One start list for every node from the detections of all nodes; fields (M,).
+
+    The start values of every node's detections (``initial_lines``) are sorted by centre and
+    merged into one line while they lie at most ``merge`` pixels from the previous detection and
+    come from different nodes (two lines of one spectrum stay two lines). A merged line starts at
+    the mean centre and the median ln a, σ, γ of its detections.
+    """
+    if not any(f.pixel.size for f in found):
+        return Lines(*(np.zeros(0) for _ in Lines._fields))
+    starts = [initial_lines(f, grid, f.pixel.size)[0] for f in found]
+    node = np.concatenate([np.full(f.pixel.size, i) for i, f in enumerate(found)])
+    pixel = np.concatenate([f.pixel for f in found])
+    values = [np.concatenate([np.asarray(getattr(s, name)) for s in starts])
+              for name in Lines._fields]
+    order = np.lexsort((node, pixel))
+    node, pixel = node[order], pixel[order]
+    label = np.zeros(pixel.size, int)
+    members = set(node[:1])
+    for i in range(1, pixel.size):
+        if pixel[i] - pixel[i - 1] > merge or node[i] in members:
+            label[i], members = label[i - 1] + 1, set()
+        else:
+            label[i] = label[i - 1]
+        members.add(node[i])
+    bounds = np.flatnonzero(np.diff(label)) + 1
+    groups = [np.split(v[order], bounds) for v in values]
+    mu = np.array([g.mean() for g in groups[0]])
+    rest = [np.array([np.median(g) for g in field]) for field in groups[1:]]
+    return Lines(mu, *rest)
+
+
+SMOOTHNESS_SCALE = Lines(0.02, 1.0, 0.3, 0.3)
+"""Node-to-node curvature of (μ′ [Å], ln a, ln σ, ln γ) that costs one unit of ``roughness``."""
+
+
+def roughness(free: Lines, shape: tuple) -> jax.Array:
+    """Σ over the fields and grid axes of the mean squared second difference of the free
+    parameters (μ′ [Å], ln a, ln σ, ln γ) across the nodes, the first difference along an axis
+    of two nodes, in units of ``SMOOTHNESS_SCALE``. ``free`` fields (N, M), N = prod(shape)."""
+    total = 0.0
+    for value, scale in zip(free, SMOOTHNESS_SCALE):
+        cube = value.reshape(*shape, -1) / scale
+        for axis, n in enumerate(shape):
+            if n > 1:
+                total = total + jnp.mean(jnp.diff(cube, n=min(2, n - 1), axis=axis) ** 2)
+    return total
+
+
+def _node_losses(free: Lines, targets, grid: LinearGrid, halfwidth: int, chunk: int):
+    """Per-node ``clone_loss`` (N,) and its gradient, ``chunk`` nodes at a time (N % chunk == 0)."""
+    split = jax.tree.map(lambda a: a.reshape(-1, chunk, *a.shape[1:]), (free, targets))
+    one = jax.vmap(jax.value_and_grad(clone_loss), in_axes=(0, 0, None, None))
+    loss, grad = lax.map(lambda part: one(*part, grid, halfwidth), split)
+    return loss.reshape(-1), jax.tree.map(lambda g: g.reshape(-1, g.shape[-1]), grad)
+
+
+def _clone_grid(free, targets, valid, grid, shape, halfwidth, epochs, learning_rate, smoothness,
+                chunk):
+    """Adam on Σ_nodes clone_loss / N + smoothness · roughness over all nodes at once."""
+    optimiser = optax.adam(learning_rate)
+    weight = valid.astype(targets.dtype) / jnp.sum(valid)
+    n_real = int(np.prod(shape))
+
+    def step(carry, _):
+        free, state = carry
+        _, data_grad = _node_losses(free, targets, grid, halfwidth, chunk)
+        smooth_grad = jax.grad(lambda f: roughness(jax.tree.map(lambda a: a[:n_real], f),
+                                                   shape))(free)
+        grad = jax.tree.map(lambda d, r: weight[:, None] * d + smoothness * r, data_grad,
+                            smooth_grad)
+        updates, state = optimiser.update(grad, state, free)
+        return (optax.apply_updates(free, updates), state), None
+
+    (free, _), _ = lax.scan(step, (free, optimiser.init(free)), None, length=epochs)
+    loss, _ = _node_losses(free, targets, grid, halfwidth, chunk)
+    return free, jnp.sqrt(loss)
+
+
+_clone_grid_jit = jax.jit(_clone_grid, static_argnums=(3, 4, 5, 6, 7, 9))
+
+
+def clone_grid(targets, lines: Lines, shape: tuple, grid: LinearGrid, *,
+               halfwidth: int = HALFWIDTH, epochs: int = 100, learning_rate: float = 0.05,
+               smoothness: float = SMOOTHNESS, chunk: int = 8) -> tuple[Lines, np.ndarray]:
+    """Clone all nodes of a grid jointly, the line parameters kept smooth across it.
+
+    targets: (N, n) normalised spectra of the N = prod(shape) nodes in C order; lines: start
+    values, fields (N, M) (every line at every node). Adam (``learning_rate``, ``epochs``) on
+    (μ′, ln a, ln σ, ln γ) minimises the mean over nodes of the mean squared residual plus
+    ``smoothness`` × ``roughness``: the penalty makes each line's parameters vary like a smooth
+    function of (Teff, log g, [Fe/H]), which the trilinear interpolation between nodes then
+    follows (independent clones of neighbouring nodes split blends differently, and a spectrum
+    interpolated between them is worse than either). The data term's gradient is evaluated
+    ``chunk`` nodes at a time. Returns the lines (N, M) and the RMS of clone − target (N,).
+    """
+    targets = np.asarray(targets)
+    n = targets.shape[0]
+    pad = -n % chunk
+
+    def padded(a):
+        a = np.asarray(a)
+        return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)])
+
+    free = _to_free(Lines(*(jnp.asarray(padded(p)) for p in lines)))
+    valid = jnp.asarray(np.arange(n + pad) < n)
+    free, rms = _clone_grid_jit(free, jnp.asarray(padded(targets)), valid, grid, tuple(shape),
+                                halfwidth, epochs, learning_rate, smoothness, chunk)
+    fitted = _from_free(free)
+    return Lines(*(np.asarray(p)[:n] for p in fitted)), np.asarray(rms)[:n]
+
+
+# ---------------------------------------------------------------------------------------------
 # Identification across the grid
 
 
@@ -614,28 +747,26 @@ class CloneReport(NamedTuple):
     keys: np.ndarray       # (M,) identity keys of the distinct lines (centre / 0.01 Å)
 
 
-def build_linelist_emulator(source: SourceGrid, *, prominence: float = PROMINENCE,
-                            halfwidth: int = HALFWIDTH, epochs: int = 100,
-                            learning_rate: float = 0.05, chunk: int = 8, refine: bool = True,
-                            ) -> tuple[LineListEmulator, CloneReport]:
-    """Clone every normalised spectrum of ``source`` and assemble the line-list emulator.
+def _clones(lines: Lines, grid: LinearGrid, halfwidth: int) -> np.ndarray:
+    """``transmission`` of every row of ``lines`` (fields (N, L)); (N, n) host array."""
+    return np.asarray(jax.jit(lambda f: lax.map(lambda one: transmission(one, grid, halfwidth),
+                                                f))(jax.tree.map(jnp.asarray, lines)))
 
-    Detection on the host, cloning vmapped over ``chunk`` nodes at a time (line lists padded to
-    the longest), identification by pre-optimisation centre, ln a = −1000 fill. With ``refine``
-    a second pass detects the absorption each clone misses (``missed_lines``: blends, lines in
-    the wings of others), adds those lines and runs ``epochs`` more from the first fit.
-    """
-    shape = source.normalised.shape[:3]
-    grid = source.grid
-    targets = source.normalised.reshape(-1, grid.n)
-    found = [detect_lines(t, prominence) for t in targets]
+
+def _line_pixels(lines: Lines, grid: LinearGrid) -> list[np.ndarray]:
+    """Pixel of each line's centre, per row of ``lines`` (fields (N, L))."""
+    return list(np.round((np.asarray(lines.mu) - grid.start) / grid.step).astype(int))
+
+
+def _clone_per_node(targets, found, grid, prominence, halfwidth, epochs, learning_rate, chunk,
+                    refine):
+    """blase3D: each node cloned alone, lines identified by pre-optimisation centre afterwards.
+    Returns (lines (N, M) with ln a = −1000 where absent, keys (M,), RMS (N,), found)."""
     fitted, rms = clone_batch(targets, *stack_starts(found, grid), grid, halfwidth, epochs,
                               learning_rate, chunk)
     if refine:
-        clones = np.asarray(jax.jit(lambda f: lax.map(
-            lambda one: transmission(one, grid, halfwidth), f))(jax.tree.map(jnp.asarray, fitted)))
-        extra = [missed_lines(t, c, f.pixel, prominence) for t, c, f in zip(targets, clones,
-                                                                           found)]
+        extra = [missed_lines(t, c, f.pixel, prominence) for t, c, f in
+                 zip(targets, _clones(fitted, grid, halfwidth), found)]
         count = np.array([f.pixel.size for f in found])[:, None]
         found = [Detected(*map(np.concatenate, zip(f, e))) for f, e in zip(found, extra)]
         lines0, mask = stack_starts(found, grid)
@@ -644,11 +775,70 @@ def build_linelist_emulator(source: SourceGrid, *, prominence: float = PROMINENC
                          for a, f in zip(lines0, fitted)))
         fitted, rms = clone_batch(targets, lines0, mask, grid, halfwidth, epochs,
                                   learning_rate, chunk)
-    keys = [centre_keys(source.grid.centres[f.pixel]) for f in found]
+    keys = [centre_keys(grid.centres[f.pixel]) for f in found]
     merged, union = identify_lines(keys, fitted)
-    lines = Lines(*(p.reshape(*shape, -1) for p in merged))
+    return merged, union, rms, found
+
+
+def _clone_shared(targets, found, shape, grid, prominence, halfwidth, epochs, learning_rate,
+                  chunk, refine, smoothness):
+    """One pooled line list at every node, cloned jointly and smoothly (``clone_grid``); with
+    ``refine`` the pooled misses of every node are added and the grid cloned again.
+    Returns (lines (N, M), keys (M,) of the start centres, RMS (N,), found)."""
+    def everywhere(lines):
+        return Lines(*(np.broadcast_to(p, (len(targets), p.size)) for p in lines))
+
+    start = pooled_lines(found, grid)
+    options = dict(halfwidth=halfwidth, learning_rate=learning_rate, smoothness=smoothness,
+                   chunk=chunk)
+    fitted, rms = clone_grid(targets, everywhere(start), shape, grid, epochs=epochs, **options)
+    if refine:
+        extra = [missed_lines(t, c, k, prominence) for t, c, k in
+                 zip(targets, _clones(fitted, grid, halfwidth), _line_pixels(fitted, grid))]
+        added = pooled_lines(extra, grid)
+        start = Lines(*(np.concatenate(p) for p in zip(start, added)))
+        fitted = Lines(*(np.concatenate([f, a], axis=1) for f, a in zip(fitted,
+                                                                       everywhere(added))))
+        fitted, rms = clone_grid(targets, fitted, shape, grid, epochs=epochs, **options)
+        found = [Detected(*map(np.concatenate, zip(f, e))) for f, e in zip(found, extra)]
+    return fitted, centre_keys(start.mu), rms, found
+
+
+def build_linelist_emulator(source: SourceGrid, *, method: str = "shared",
+                            prominence: float = PROMINENCE, halfwidth: int = HALFWIDTH,
+                            epochs: int = 100, learning_rate: float = 0.05, chunk: int = 8,
+                            refine: bool = True, smoothness: float = SMOOTHNESS,
+                            ) -> tuple[LineListEmulator, CloneReport]:
+    """Clone every normalised spectrum of ``source`` and assemble the line-list emulator.
+
+    Lines are detected at every node on the host (``detect_lines``). ``method``:
+    "blase3d": each node cloned alone (vmapped over ``chunk`` nodes, line lists padded to the
+    longest), lines identified across nodes by pre-optimisation centre, ln a = −1000 where a
+    line was not detected; a spectrum is built from the lines of its grid cell (``cell_lines``).
+    "shared": the detections of all nodes pooled into one list (``pooled_lines``) that every
+    node starts from, and the whole grid cloned at once with a smoothness penalty across the
+    nodes (``clone_grid``, weight ``smoothness``), so that the interpolated lines between nodes
+    stay close to the spectra there; every line is evaluated everywhere.
+    With ``refine`` a second pass detects the absorption each clone misses (``missed_lines``:
+    blends, lines in the wings of others), adds those lines and runs ``epochs`` more from the
+    first fit.
+    """
+    if method not in CLONE_METHODS:
+        raise ValueError(f"method must be one of {CLONE_METHODS}, not {method!r}")
+    shape = source.normalised.shape[:3]
+    grid = source.grid
+    targets = source.normalised.reshape(-1, grid.n)
+    found = [detect_lines(t, prominence) for t in targets]
+    if method == "blase3d":
+        fitted, keys, rms, found = _clone_per_node(targets, found, grid, prominence, halfwidth,
+                                                   epochs, learning_rate, chunk, refine)
+    else:
+        fitted, keys, rms, found = _clone_shared(targets, found, shape, grid, prominence,
+                                                 halfwidth, epochs, learning_rate, chunk,
+                                                 refine, smoothness)
+    lines = Lines(*(np.asarray(p).reshape(*shape, -1) for p in fitted))
+    active = jnp.asarray(cell_lines(lines.ln_amp)) if method == "blase3d" else None
     em = LineListEmulator(jax.tree.map(jnp.asarray, lines), jnp.asarray(source.continuum),
-                          source.grid, source.axes, source.domain, halfwidth,
-                          active=jnp.asarray(cell_lines(lines.ln_amp)))
+                          source.grid, source.axes, source.domain, halfwidth, active=active)
     counts = np.array([f.pixel.size for f in found]).reshape(shape)
-    return em, CloneReport(rms.reshape(shape), counts, union)
+    return em, CloneReport(rms.reshape(shape), counts, keys)
