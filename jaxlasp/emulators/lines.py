@@ -368,6 +368,12 @@ def clone(target, lines: Lines, mask, grid: LinearGrid, halfwidth: int = HALFWID
     return _from_free(free), jnp.sqrt(clone_loss(free, target, grid, halfwidth))
 
 
+def _pad_rows(a, pad: int) -> np.ndarray:
+    """``a`` (host) with its last row repeated ``pad`` times (a batch filled to whole chunks)."""
+    a = np.asarray(a)
+    return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)])
+
+
 _clone_batch = jax.jit(jax.vmap(clone, in_axes=(0, 0, 0, None, None, None, None)),
                        static_argnums=(3, 4, 5))
 
@@ -378,16 +384,10 @@ def clone_batch(targets, lines: Lines, mask, grid: LinearGrid, halfwidth: int = 
 
     Returns the fitted lines (B, L) and the RMS of clone − target per spectrum (B,).
     """
-    targets = np.asarray(targets)
-    b = targets.shape[0]
+    b = np.shape(targets)[0]
     pad = -b % chunk
-
-    def padded(a):
-        a = np.asarray(a)
-        return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)])
-
-    targets, mask = padded(targets), padded(mask)
-    lines = Lines(*(padded(p) for p in lines))
+    targets, mask = _pad_rows(targets, pad), _pad_rows(mask, pad)
+    lines = Lines(*(_pad_rows(p, pad) for p in lines))
     out, rms = [], []
     for i in range(0, b + pad, chunk):
         part = slice(i, i + chunk)
@@ -500,18 +500,12 @@ def clone_grid(targets, lines: Lines, shape: tuple, grid: LinearGrid, *,
     interpolated between them is worse than either). The data term's gradient is evaluated
     ``chunk`` nodes at a time. Returns the lines (N, M) and the RMS of clone − target (N,).
     """
-    targets = np.asarray(targets)
-    n = targets.shape[0]
+    n = np.shape(targets)[0]
     pad = -n % chunk
-
-    def padded(a):
-        a = np.asarray(a)
-        return np.concatenate([a, np.repeat(a[-1:], pad, axis=0)])
-
-    free = _to_free(Lines(*(jnp.asarray(padded(p)) for p in lines)))
+    free = _to_free(Lines(*(jnp.asarray(_pad_rows(p, pad)) for p in lines)))
     valid = jnp.asarray(np.arange(n + pad) < n)
-    free, rms = _clone_grid_jit(free, jnp.asarray(padded(targets)), valid, grid, tuple(shape),
-                                halfwidth, epochs, learning_rate, smoothness, chunk)
+    free, rms = _clone_grid_jit(free, jnp.asarray(_pad_rows(targets, pad)), valid, grid,
+                                tuple(shape), halfwidth, epochs, learning_rate, smoothness, chunk)
     fitted = _from_free(free)
     return Lines(*(np.asarray(p)[:n] for p in fitted)), np.asarray(rms)[:n]
 
