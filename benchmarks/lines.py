@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/lines.py [--teff 3200 7000 200 11000 400] [--logg 2 5.5 0.5]
        [--feh -0.5 0] [--method shared blase3d] [--epochs 100] [--no-refine]
-       [--n-test-teff 21] [--gp 21] [--amplitude log linear]
+       [--n-test-teff 21] [--starts 1] [--gp 21] [--amplitude log linear]
 
 An axis is ``start stop step [stop step ...]``: the default Teff axis is 3200–7000 K in 200 K steps,
 then 7400–11000 K in 400 K steps (30 nodes; blase3D's density, 100/200 K, is
@@ -20,8 +20,8 @@ Printed:
   point's cell), and for one spectrum with the banded and the dense (no wing cut) evaluation;
 * the blase3D protocol, reduced to the grid's box: --n-test-teff Teff × 5 log g × 2 [Fe/H] test
   spectra off the nodes (the TGM model's own normalised spectra, noise-free), inferred with
-  jaxlasp's LM (exact forward-mode Jacobians of the normalised emulator spectrum, start at the
-  node whose clone is nearest, box = the grid), all spectra in one batch compacted over 32 slots
+  jaxlasp's LM (exact forward-mode Jacobians of the normalised emulator spectrum, started at the
+  --starts nodes whose clones are nearest, the lowest χ² kept, box = the grid), all spectra in one batch compacted over 32 slots
   (``jaxlasp.fit.schedule``), for each --amplitude interpolation; batch wall time / spectra and
   the time of one spectrum alone; mean |error| for Teff below / at or above 7000 K;
 * --gp spectra spread over the test set inferred by scikit-optimize ``gp_minimize`` (100 random
@@ -40,6 +40,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax import lax  # noqa: E402
 
 import jaxlasp  # noqa: E402,F401  (float64)
 from jaxlasp.emulators import lines as L  # noqa: E402
@@ -132,40 +133,43 @@ def node_clones(em):
     return jnp.asarray(nodes), clones
 
 
-@jax.jit
-def nearest_node(nodes, clones, data):
-    """Parameters of the node whose clone has the smallest RMS against each spectrum; (b, 3).
+def nearest_nodes(nodes, clones, data, count: int):
+    """Parameters of the ``count`` nodes whose clones have the smallest RMS against each
+    spectrum, nearest first; (b, count, 3).
 
     ‖d − c‖² = ‖d‖² − 2 d·c + ‖c‖²: one (b, n) × (n, N) product, no (b, N, n) array.
     """
     distance = jnp.sum(clones**2, axis=1)[None, :] - 2.0 * data @ clones.T
-    return nodes[jnp.argmin(distance, axis=1)]
+    return nodes[lax.top_k(-distance, count)[1]]
 
 
-def lm_fitter(em, slots):
+def lm_fitter(em, slots, starts=1):
     """A jitted batch LM fit (nodes, clones, data (b, n)) -> (b, 3) estimates [K, dex, dex].
 
-    Start: the nearest node; ``slots`` problems stepped at a time, refilled as they converge
-    (``jaxlasp.fit.schedule.run_compacted``); box = the grid.
+    Start: the ``starts`` nearest nodes, the fit of lowest χ² kept; ``slots`` problems stepped at
+    a time, refilled as they converge (``jaxlasp.fit.schedule.run_compacted``); box = the grid.
     """
     lower = np.array([em.domain.teff[0], em.domain.logg[0], em.domain.feh[0]]) / SCALE
     upper = np.array([em.domain.teff[1], em.domain.logg[1], em.domain.feh[1]]) / SCALE
 
     @jax.jit
     def fit(nodes, clones, data):
-        start = nearest_node(nodes, clones, data) / SCALE
-        state = run_compacted(_residual, start, em, data, lower=lower, upper=upper,
-                              slots=min(slots, data.shape[0]), max_iter=50, ftol=1e-8,
-                              xtol=1e-8)
-        return state.theta * SCALE, state.n_iter
+        b = data.shape[0]
+        start = nearest_nodes(nodes, clones, data, starts).reshape(b * starts, 3) / SCALE
+        state = run_compacted(_residual, start, em, jnp.repeat(data, starts, axis=0),
+                              lower=lower, upper=upper, slots=min(slots, b * starts),
+                              max_iter=50, ftol=1e-8, xtol=1e-8)
+        best = jnp.argmin(state.cost.reshape(b, starts), axis=1)
+        theta = state.theta.reshape(b, starts, 3)[jnp.arange(b), best]
+        return theta * SCALE, state.n_iter.reshape(b, starts).sum(axis=1)
 
     return fit
 
 
-def infer_lm(em, data, reference, slots=32):
+def infer_lm(em, data, reference, slots=32, starts=1):
     """LM fits of every spectrum in one compacted batch; (estimates (b, 3), iterations (b,),
     seconds: start + fits, compile excluded). ``reference``: ``node_clones(em)``."""
-    fit = lm_fitter(em, slots)
+    fit = lm_fitter(em, slots, starts)
     data = jnp.asarray(data)
     jax.block_until_ready(fit(*reference, data))     # compile
     t0 = time.perf_counter()
@@ -173,9 +177,9 @@ def infer_lm(em, data, reference, slots=32):
     return np.asarray(est), np.asarray(n_iter), time.perf_counter() - t0
 
 
-def single_lm_seconds(em, data, reference, count=10):
+def single_lm_seconds(em, data, reference, count=10, starts=1):
     """Mean wall time [s] of fitting ``count`` spectra one at a time (batch of 1)."""
-    fit = lm_fitter(em, 1)
+    fit = lm_fitter(em, 1, starts)
     jax.block_until_ready(fit(*reference, jnp.asarray(data[:1])))
     t0 = time.perf_counter()
     for d in data[:count]:
@@ -222,6 +226,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--no-refine", dest="refine", action="store_false")
     parser.add_argument("--n-test-teff", type=int, default=21)
+    parser.add_argument("--starts", type=int, default=1,
+                        help="LM starts per spectrum: the nearest node clones, best χ² kept")
     parser.add_argument("--gp", type=int, default=21)
     parser.add_argument("--amplitude", nargs="+", default=["log", "linear"])
     args = parser.parse_args()
@@ -248,7 +254,7 @@ def main():
         emu = first.with_amplitude(args.amplitude[0])
         label = f"{args.method[0]}, {args.amplitude[0]}"
         est, times = infer_gp(emu, data, truth)
-        lm_est, _, lm_seconds = infer_lm(emu, data, node_clones(emu))
+        lm_est, _, lm_seconds = infer_lm(emu, data, node_clones(emu), starts=args.starts)
         for i, t, g, lmv, s in zip(pick, truth, est, lm_est, times):
             print(f"  GP ({label}) spectrum {i}: truth {t.round(2)} GP {np.round(g, 2)}"
                   f" ({s:.1f} s) LM {lmv.round(2)}")
@@ -297,8 +303,8 @@ def protocol(tgm, em, method, args):
         print(f"  {label}: emulator RMS vs the test spectra at the truth: median "
               f"{np.median(off):.4f}, max {off.max():.4f}; node clones for the start "
               f"{t_ref:.1f} s (once per emulator, incl. compile)")
-        est, n_iter, seconds = infer_lm(emu, data, reference)
-        single = single_lm_seconds(emu, data, reference)
+        est, n_iter, seconds = infer_lm(emu, data, reference, starts=args.starts)
+        single = single_lm_seconds(emu, data, reference, starts=args.starts)
         print(f"  LM ({label}): batch of {len(data)} in {seconds:.1f} s = "
               f"{seconds / len(data):.3f} s/spectrum; one at a time {single:.3f} s/spectrum; "
               f"iterations mean {n_iter.mean():.1f}, max {n_iter.max()}")
