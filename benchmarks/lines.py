@@ -241,7 +241,7 @@ def main():
     first = None
     for method in args.method:
         em = build(source, method, args)
-        first = first or em
+        first = em if first is None else first
         protocol(tgm, em, method, args)
     for side, (dt, dg, dz) in BLASE3D.items():
         print(f"  {'blase3D (PHOENIX, GP)':24s} {side:9s} |ΔTeff| {dt:6.1f} K  |Δlog g| {dg:.3f}"
