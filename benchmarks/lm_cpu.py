@@ -1,13 +1,14 @@
 """LM throughput: spectra per second for batches of the 25 LAMOST sample spectra repeated.
 
 Usage: OPENBLAS_NUM_THREADS=1 python benchmarks/lm_cpu.py [--sizes 25 100 400]
-       [--modes noclean clean] [--slots 128] [--repeats 3]
+       [--modes noclean clean] [--slots 128] [--repeats 3] [--path exact|curvefit]
 
 Needs ../shared/data/lamost-dr10-sample (reads pylasp_group0.npz: numpy only, no astropy, so it
 also runs on the GPU machine). Prints, per batch size and mode, the first call (compile + run) and
 the median of --repeats later calls, as seconds per batch, ms per spectrum and spectra per second.
 ``--slots``: spectra stepped together by LM (``fit_batch(slots=...)``; several values are timed
-interleaved, for choosing the default).
+interleaved, for choosing the default). ``--path curvefit``: CurveFit's own path
+(``fit_batch(path="curvefit")``, MINPACK's LM with forward differences; slots do not apply).
 PyLASP CurveFit on a 2-core machine: 170 ms/spectrum serially (No Clean), 128 ms with 2 processes.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, start_points
-from jaxlasp.fit.driver import SLOTS, fit_batch
+from jaxlasp.fit.driver import PATHS, SLOTS, fit_batch
 from sample import load_sample
 
 
@@ -32,11 +33,12 @@ def main():
     parser.add_argument("--modes", nargs="+", default=["noclean", "clean"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slots", type=int, nargs="+", default=[SLOTS])
+    parser.add_argument("--path", choices=PATHS, default="exact")
     args = parser.parse_args()
     emulator, fm, flux25, weights25 = load_sample()
     grid = fm.grid
     print(f"# device {jax.devices()[0].device_kind}, {jax.device_count()} device(s), float64, "
-          f"{grid.n} pixels, start {DEFAULT_START}, median of {args.repeats}, "
+          f"{grid.n} pixels, start {DEFAULT_START}, path {args.path}, median of {args.repeats}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"{'mode':>8} {'batch':>6} {'slots':>6} {'first s':>9} {'s/batch':>9} {'ms/spec':>9} "
           f"{'spec/s':>8} {'iters':>6}")
@@ -48,7 +50,8 @@ def main():
             runs, first, times = {}, {}, {}
             for slots in args.slots:
                 runs[slots] = lambda s=slots: jax.block_until_ready(  # noqa: E731
-                    fit_batch(fm, theta0, flux, weights, use_clean=mode == "clean", slots=s))
+                    fit_batch(fm, theta0, flux, weights, use_clean=mode == "clean", slots=s,
+                              path=args.path))
                 t0 = time.perf_counter()
                 result = runs[slots]()
                 first[slots], times[slots] = time.perf_counter() - t0, []

@@ -102,7 +102,7 @@ def make_table(ids: Sequence[str], columns: dict, reasons: Sequence[str]):
     return table
 
 
-METHODS = ("lm", "adam")
+METHODS = ("lm", "adam", "curvefit")
 
 
 GLOBAL_START = "global"
@@ -178,7 +178,8 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     (default: all ones). start: (Teff, log g, [Fe/H]), (b, 3) per-spectrum starts, or
     "global" for the global start (a grid scan scored by χ², then fits from the best distinct
     candidates: robust against the regime traps of a fixed start, ~4× the cost).
-    method: "lm" (Levenberg–Marquardt) or "adam" (per-spectrum Adam, ``jaxlasp.fit.adam``).
+    method: "lm" (Levenberg–Marquardt), "adam" (per-spectrum Adam, ``jaxlasp.fit.adam``) or
+    "curvefit" (LASP-CurveFit's own path, to reproduce its results: ``fit_batch(path="curvefit")``).
     devices: local devices the batch is split over (None: all; ``jaxlasp.parallel.devices``).
     errors: "laplace" (default: curve_fit's (JᵀJ)⁻¹·χ²/(M − 5), as PyLASP reports) or "profile"
     (that covariance rescaled to the width of the χ² profile: calibrated on mock spectra where

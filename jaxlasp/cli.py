@@ -56,8 +56,9 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _fit_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=("lm", "adam"), default="lm",
-                        help="optimiser: Levenberg–Marquardt (default) or Adam")
+    parser.add_argument("--method", choices=("lm", "adam", "curvefit"), default="lm",
+                        help="optimiser: Levenberg–Marquardt (default), Adam, or curvefit "
+                             "(LASP-CurveFit's own path, to reproduce PyLASP's results)")
     parser.add_argument("--clean", action="store_true", help="reject outlier pixels (Clean)")
     parser.add_argument("--start", type=_start, default="global", metavar="global|T,G,Z",
                         help="'global' (default): scan a grid of models and fit from the best "

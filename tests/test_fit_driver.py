@@ -48,7 +48,8 @@ def test_bad_file_gets_a_row_and_the_rest_are_fitted(paths, batch_table, tmp_pat
     assert table["teff"][2] == pytest.approx(batch_table["teff"][1], rel=1e-8)
 
 
-def test_unusable_spectra_are_flagged_not_raised(elodie):
+@pytest.mark.parametrize("method", ["lm", "curvefit"])
+def test_unusable_spectra_are_flagged_not_raised(elodie, method):
     from jaxlasp.grids import lamost_fit_grid
     from jaxlasp.io import cut_to_grid, read_lamost
 
@@ -57,7 +58,7 @@ def test_unusable_spectra_are_flagged_not_raised(elodie):
     flux = np.stack([good, np.full(grid.n, np.nan), good])
     weights = np.ones_like(flux)
     weights[2, 60:] = 0.0  # only 60 usable pixels
-    table = fit_arrays(flux, elodie, weights=weights)
+    table = fit_arrays(flux, elodie, weights=weights, method=method)
     assert table["converged"][0] and table["flags"][0] == 0
     assert table["flags"][1] & NONFINITE and not table["converged"][1]
     assert table["flags"][2] & FEW_PIXELS and not table["converged"][2]
@@ -116,3 +117,13 @@ def test_adam_through_the_same_entry_point(paths, batch_table):
 def test_unknown_method_is_an_error(paths):
     with pytest.raises(ValueError, match="method must be one of"):
         fit_files(paths, ELODIE, method="bfgs")
+
+
+def test_unknown_path_is_an_error(elodie):
+    from jaxlasp.fit.driver import fit_batch
+    from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.model import build_forward_model
+
+    fm = build_forward_model(elodie, lamost_fit_grid(elodie.grid))
+    with pytest.raises(ValueError, match="path must be one of"):
+        fit_batch(fm, np.zeros((1, 5)), np.ones((1, 1327)), np.ones((1, 1327)), path="scipy")

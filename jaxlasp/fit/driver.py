@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlasp.fit import lm
+from jaxlasp.fit import lm, minpack
 from jaxlasp.fit.clean import clean, masked_std
 from jaxlasp.fit.schedule import run_compacted
 from jaxlasp.model import SIGMA, ForwardModel, components, model_flags, residuals_and_jacobian
@@ -112,6 +112,24 @@ def run_lm(fm: ForwardModel, theta, flux, weights, ftol, xtol, max_iter: int = 1
 
 
 @jax.jit
+def run_curvefit(fm: ForwardModel, theta, flux, weights, ftol, xtol, active=None):
+    """MINPACK-path LM (``jaxlasp.fit.minpack``, unbounded as curve_fit) on a batch; returns
+    ``minpack.MinpackState``."""
+    return minpack.run(lm_residual, theta, fm, (flux, weights), ftol=ftol, xtol=xtol,
+                       active=active)
+
+
+@jax.jit
+def evaluate(fm: ForwardModel, theta, flux, weights, status):
+    """``lm.LMState`` at ``theta`` (b, 5) without a step: exact residuals and Jacobian there, for
+    ``finish``; ``status`` (b,) an ``lm`` status."""
+    def one(th, f, w, st):
+        resid, jac = lm_jacobian(th, fm, (f, w))
+        return lm.start_state(th, resid, jac, 0.0, 0.0)._replace(status=st)
+    return jax.vmap(one)(theta, flux, weights, status)
+
+
+@jax.jit
 def clean_step(fm: ForwardModel, theta_start, theta, flux, weights, good, initial, first_call):
     """One Clean call per spectrum at the fit's solution (ALGORITHM §g.2 steps 3–5).
 
@@ -166,6 +184,18 @@ def active_count(active, batch: int) -> int:
 
 CLEAN_FTOL0 = 1e-2
 """ftol of PyLASP's first Clean-mode fit."""
+CLEAN_XTOL = 1e-8
+"""xtol of PyLASP's Clean-mode fits."""
+NO_CLEAN_TOLERANCES = (1e-5, 1e-10)
+"""(ftol, xtol) of PyLASP's single No Clean fit."""
+PATHS = ("exact", "curvefit")
+"""``fit_batch``'s optimiser paths (see there)."""
+
+
+def curvefit_start_sigma(step: float) -> float:
+    """LASP-CurveFit's start σ [pixels]: one pixel's velocity c·Δ converted back to pixels as
+    ln(1 + v/c)/Δ (ALGORITHM §h.2; 0.999884888 px on LAMOST's Δ = 1e-4·ln 10)."""
+    return math.log1p(step) / step
 
 
 def next_tolerance(j: int) -> float:
@@ -178,32 +208,49 @@ class CleanOutcome(NamedTuple):
 
     theta: jax.Array     # (b, 5) solution of the last fit
     mask: jax.Array      # (b, n) final good pixels
-    n_iter: jax.Array    # LM iterations over all cycles
+    n_iter: jax.Array    # LM iterations (curvefit path: trial steps) over all cycles
     n_clean: jax.Array   # PyLASP's clean_number
     n_cycles: jax.Array  # Clean calls made
+    status: jax.Array    # ``lm`` status of the last fit (curvefit path: FTOL or MAX_ITER)
+
+
+def fit_cycle(fm: ForwardModel, path: str, theta, flux, weights, ftol, xtol, max_iter: int,
+              active, n_active: int, slots: int):
+    """One fit of the Clean schedule on the ``active`` spectra: (θ, iterations, lm status)."""
+    if path == "curvefit":
+        state = run_curvefit(fm, theta, flux, weights, ftol, xtol, active)
+        ok = jnp.isin(state.status, jnp.asarray(minpack.CONVERGED))
+        return state.x, state.n_trial, jnp.where(ok, lm.FTOL, lm.MAX_ITER)
+    state = run_lm(fm, theta, flux, weights, ftol, xtol, max_iter, active,
+                   slot_count(n_active, slots))
+    return state.theta, state.n_iter, state.status
 
 
 def run_clean_schedule(fm: ForwardModel, theta0, flux, weights, *, ftol, xtol, max_iter: int,
-                       loose: bool, slots: int = SLOTS) -> CleanOutcome:
+                       path: str = "exact", slots: int = SLOTS) -> CleanOutcome:
     """CurveFit's Clean schedule (ALGORITHM §g.2), every spectrum on its own cycle count.
 
     Up to MAX_CLEAN rounds of fit → Clean; a spectrum whose mask Clean leaves unchanged stops
-    (it is skipped by later fits). ``loose`` uses PyLASP's tolerances, else ``ftol``/``xtol``.
-    Each fit steps ``slot_count(spectra still cycling, slots)`` spectra at a time.
+    (it is skipped by later fits). ``path`` "exact": every fit is the exact-Jacobian LM to
+    ``ftol``/``xtol`` (``slot_count(spectra still cycling, slots)`` stepped at a time);
+    "curvefit": MINPACK's path with PyLASP's tolerances (ftol 1e-2, then 1e-3 … 1e-5; xtol 1e-8).
     """
     batch = theta0.shape[0]
     initial = weights > 0
     good, theta, start = initial, theta0, theta0
     n_iter, n_clean, n_cycles = (jnp.zeros(batch, int) for _ in range(3))
+    status = jnp.full(batch, lm.FTOL)
     active = jnp.ones(batch, bool)
-    tol = jnp.full(batch, CLEAN_FTOL0 if loose else ftol)
-    cycle_xtol = jnp.full(batch, 1e-8 if loose else xtol)
+    curvefit = path == "curvefit"
+    tol = jnp.full(batch, CLEAN_FTOL0 if curvefit else ftol)
+    cycle_xtol = jnp.full(batch, CLEAN_XTOL if curvefit else xtol)
     n_active = batch
     for j in range(MAX_CLEAN + 1):
-        state = run_lm(fm, start, flux, weights * good, tol, cycle_xtol, max_iter, active,
-                       slot_count(n_active, slots))
-        theta = jnp.where(active[:, None], state.theta, theta)
-        n_iter = n_iter + jnp.where(active, state.n_iter, 0)
+        fitted, iterations, fit_status = fit_cycle(fm, path, start, flux, weights * good, tol,
+                                                   cycle_xtol, max_iter, active, n_active, slots)
+        theta = jnp.where(active[:, None], fitted, theta)
+        status = jnp.where(active, fit_status, status)
+        n_iter = n_iter + jnp.where(active, iterations, 0)
         if j == MAX_CLEAN:
             break
         result, s0, s1 = clean_step(fm, start, theta, flux, weights, good, initial, j == 0)
@@ -212,44 +259,63 @@ def run_clean_schedule(fm: ForwardModel, theta0, flux, weights, *, ftol, xtol, m
         n_clean = jnp.where(changed, jnp.sum(result.counts, axis=-1), n_clean)
         good = jnp.where(changed[:, None], result.mask, good)
         keep_start = result.sigma ** 2 / (s0 * s1) >= 1.5
-        if loose:
+        if curvefit:
             tol = jnp.where(keep_start & (j + 1 < MAX_CLEAN), CLEAN_FTOL0, next_tolerance(j))
         start = jnp.where((changed & ~keep_start)[:, None], theta, start)
         active = changed
         n_active = active_count(active, batch)
         if n_active == 0:
             break
-    return CleanOutcome(theta, good, n_iter, n_clean, n_cycles)
+    return CleanOutcome(theta, good, n_iter, n_clean, n_cycles, status)
 
 
 def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = False,
               max_iter: int = 100, ftol: float = 1e-10, xtol: float = 1e-10,
-              clean_tolerances: str = "tight", slots: int = SLOTS) -> FitResult:
+              path: str = "exact", slots: int = SLOTS) -> FitResult:
     """Fit spectra (b, n) sharing ``fm``'s grid from start points ``theta0`` (b, 5).
 
     weights: (b, n) 1/err² (or 1) times the initial good-pixel mask G0.
-    No Clean: one LM fit to the tolerances ``ftol``/``xtol`` (tight by default: the exact Jacobian
-    reaches the χ² minimum). Clean: PyLASP's schedule of fits and Clean calls (start-vector rule
-    included), then a final fit from the last solution to ``ftol``/``xtol`` on the final mask.
-    ``clean_tolerances``: "tight" fits every cycle to ``ftol``/``xtol``, so each Clean sees a
-    converged model (closest to PyLASP's published results); "pylasp" uses its loose schedule
-    (ftol 1e-2, then 1e-3 … 1e-5; xtol 1e-8).
-    ``slots``: spectra stepped together by LM, refilled as they converge (``jaxlasp.fit.schedule``);
-    it changes the speed only.
+    ``path`` "exact" (default): No Clean is one exact-Jacobian LM fit to ``ftol``/``xtol`` (tight
+    by default: it reaches the χ² minimum); Clean runs PyLASP's schedule of fits and Clean calls
+    (start-vector rule included) with every fit to ``ftol``/``xtol``, so each Clean sees a
+    converged model, then a final fit from the last solution on the final mask.
+    ``path`` "curvefit": LASP-CurveFit's own path, to reproduce its results: MINPACK's LM
+    (``jaxlasp.fit.minpack``: forward differences, unbounded) from CurveFit's start σ
+    (``curvefit_start_sigma``), one fit to ftol 1e-5 / xtol 1e-10 (No Clean) or the Clean schedule
+    with PyLASP's loose tolerances, and the values of that last fit reported (no final fit);
+    ``max_iter``, ``ftol``, ``xtol`` and ``slots`` do not apply (MINPACK stops at 1200
+    evaluations: flagged NOT_CONVERGED, where curve_fit would raise).
+    ``slots``: spectra stepped together by the exact LM, refilled as they converge
+    (``jaxlasp.fit.schedule``); it changes the speed only.
+    Errors, loss and flags come from the exact Jacobian at the reported solution either way.
     """
-    if clean_tolerances not in ("tight", "pylasp"):
-        raise ValueError(f"clean_tolerances must be 'tight' or 'pylasp', not {clean_tolerances!r}")
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, not {path!r}")
     theta0 = jnp.asarray(theta0)
     flux, weights = jnp.asarray(flux, theta0.dtype), jnp.asarray(weights, theta0.dtype)
-    zeros = jnp.zeros(theta0.shape[0], int)
-    outcome = CleanOutcome(theta0, weights > 0, zeros, zeros, zeros)
-    if use_clean:
-        outcome = run_clean_schedule(fm, theta0, flux, weights, ftol=ftol, xtol=xtol,
-                                     max_iter=max_iter, loose=clean_tolerances == "pylasp",
-                                     slots=slots)
-    state = run_lm(fm, outcome.theta, flux, weights * outcome.mask, ftol, xtol, max_iter,
-                   slots=slots)
+    batch = theta0.shape[0]
+    zeros = jnp.zeros(batch, int)
+    if path == "curvefit":
+        theta0 = theta0.at[:, SIGMA].set(curvefit_start_sigma(fm.grid.step))
+        if use_clean:
+            outcome = run_clean_schedule(fm, theta0, flux, weights, ftol=ftol, xtol=xtol,
+                                         max_iter=max_iter, path=path)
+        else:
+            fitted, trials, status = fit_cycle(fm, path, theta0, flux, weights,
+                                               *NO_CLEAN_TOLERANCES, max_iter,
+                                               jnp.ones(batch, bool), batch, slots)
+            outcome = CleanOutcome(fitted, weights > 0, trials, zeros, zeros, status)
+        state = evaluate(fm, outcome.theta, flux, weights * outcome.mask, outcome.status)
+        n_iter = outcome.n_iter
+    else:
+        outcome = CleanOutcome(theta0, weights > 0, zeros, zeros, zeros, zeros)
+        if use_clean:
+            outcome = run_clean_schedule(fm, theta0, flux, weights, ftol=ftol, xtol=xtol,
+                                         max_iter=max_iter, path=path, slots=slots)
+        state = run_lm(fm, outcome.theta, flux, weights * outcome.mask, ftol, xtol, max_iter,
+                       slots=slots)
+        n_iter = outcome.n_iter + state.n_iter
     cov, loss, flags = finish(fm, state, flux, weights, outcome.mask)
     converged = (flags & FAILURES) == 0
-    return FitResult(state.theta, cov, loss, outcome.n_iter + state.n_iter, outcome.n_clean,
-                     outcome.n_cycles, outcome.mask, converged, flags)
+    return FitResult(state.theta, cov, loss, n_iter, outcome.n_clean, outcome.n_cycles,
+                     outcome.mask, converged, flags)

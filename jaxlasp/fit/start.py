@@ -259,16 +259,18 @@ def global_start(fm: ForwardModel, flux, weights, *, grid: StartGrid | None = No
 
 def fit_one_method(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
                    max_iter: int | None) -> FitResult:
-    """Fit spectra (b, n) from θ₀ (b, 5) with "lm" (``fit_batch``) or "adam"
-    (``fit_batch_adam``); ``max_iter`` None takes the method's default (100 / 5000)."""
-    if method == "lm":
-        return fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter or 100)
+    """Fit spectra (b, n) from θ₀ (b, 5) with "lm" (``fit_batch``), "curvefit"
+    (``fit_batch(path="curvefit")``) or "adam" (``fit_batch_adam``); ``max_iter`` None takes the
+    method's default (100 / 5000; curvefit: MINPACK's evaluation limit)."""
+    if method in ("lm", "curvefit"):
+        return fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter or 100,
+                         path="exact" if method == "lm" else "curvefit")
     if method == "adam":
         from jaxlasp.fit.adam import fit_batch_adam
 
         return fit_batch_adam(fm, theta0, flux, weights, clean=clean,
                               max_iter=max_iter or 5000)[0]
-    raise ValueError(f"method must be 'lm' or 'adam', not {method!r}")
+    raise ValueError(f"method must be 'lm', 'curvefit' or 'adam', not {method!r}")
 
 
 def best_of(result: FitResult, n_best: int) -> FitResult:
