@@ -20,7 +20,7 @@ import numpy as np
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, result_columns, start_points
 from jaxlasp.fit.driver import fit_batch
-from jaxlasp.fit.errors import PROFILE_ITERATIONS, PROFILE_STEP, profile_errors
+from jaxlasp.fit.errors import FAST_ITERATIONS, PROFILE_STEP, profile_errors
 from sample import load_sample
 
 
@@ -44,7 +44,7 @@ def main():
     _, fm, flux25, weights25 = load_sample()
     print(f"# device {jax.devices()[0].device_kind}, float64, {fm.grid.n} pixels, LM No Clean "
           f"from {DEFAULT_START}, profile at ±{PROFILE_STEP:g} errors with "
-          f"{PROFILE_ITERATIONS} Gauss-Newton steps, median of {args.repeats}")
+          f"{FAST_ITERATIONS} Gauss-Newton step(s), median of {args.repeats}")
     print("| batch | LM ms/spectrum | profile errors ms/spectrum | profile / LM | "
           "first call s (LM, profile) |")
     print("|---:|---:|---:|---:|---:|")

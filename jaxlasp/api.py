@@ -2,27 +2,54 @@
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import NamedTuple, Sequence
 
+import jax
 import numpy as np
 
 from jaxlasp.emulators.tgm import TGMEmulator
 from jaxlasp.fit.driver import FLAG_NAMES, FitResult
-from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid
+from jaxlasp.fit.errors import check_errors, profile_errors
+from jaxlasp.fit.start import fit_multistart, fit_one_method
+from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid, window_note
 from jaxlasp.io.lamost import (
     FEW_GOOD_PIXELS, NONFINITE_FLUX, NONPOSITIVE_FLUX, Spectrum, file_stem)
 from jaxlasp.model import (
-    FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model, theta_from_physical)
+    FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model, fitted_pixels,
+    theta_from_physical)
+from jaxlasp.parallel.devices import device_mesh, run_sharded
+from jaxlasp.spectral.continuum import DEGREE
+from jaxlasp.spectral.masks import check_intervals, fit_window, masked_pixels
 
 DEFAULT_START = (7500.0, 3.5, -0.5)
 """Start (Teff [K], log g, [Fe/H]) of PyLASP's shipped runs; mu = 0, σ = 1 pixel."""
 READ_ERROR = 32
 """Result flag: the file could not be read or does not cover the window (see ``reason``)."""
+NOT_FITTED = 4096
+"""Result flag (catalogs): the fit never ran or never left its start and did not converge; its
+parameters and errors are NaN rather than the start point."""
 INPUT_FLAG_SHIFT = 8
 """Reader flags (``jaxlasp.io.lamost``) are stored in the result flags shifted by this many bits."""
 COLUMNS = ("id", "rv", "rv_err", "teff", "teff_err", "logg", "logg_err", "feh", "feh_err",
-           "sigma", "loss", "n_iter", "n_clean", "converged", "flags", "reason")
+           "sigma", "loss", "n_iter", "n_clean", "n_pixels", "converged", "flags", "reason")
+INTEGER_COLUMNS = ("n_iter", "n_clean", "n_pixels", "flags")
+DESCRIPTIONS = {
+    "id": "spectrum identifier (file stem, or the survey's id for multi-spectrum files)",
+    "rv": "radial velocity", "rv_err": "RV error", "teff": "effective temperature",
+    "teff_err": "Teff error", "logg": "surface gravity log10(g / cm s-2)",
+    "logg_err": "log g error", "feh": "metallicity [Fe/H]", "feh_err": "[Fe/H] error",
+    "sigma": "Gaussian broadening of the model (instrument and star)",
+    "loss": "RMS weighted residual over the pixels used",
+    "n_iter": "optimiser iterations (summed over Clean cycles)",
+    "n_clean": "pixels rejected by Clean", "n_pixels": "pixels the final fit used",
+    "converged": "the fit converged with no failure flag",
+    "flags": "bit flags (README: Conventions and flags)", "reason": "names of the flags set, "
+    "or why the file could not be read",
+    "path": "input file, as given (resume matches it by its resolved real path)"}
+"""Column descriptions, kept in the catalog's metadata (ECSV, Parquet, FITS comments)."""
 UNITS = {"rv": "km/s", "rv_err": "km/s", "teff": "K", "teff_err": "K", "logg": "dex",
          "logg_err": "dex", "feh": "dex", "feh_err": "dex", "sigma": "km/s"}
 
@@ -58,12 +85,16 @@ def check_start(theta0: np.ndarray, fm: ForwardModel) -> None:
         bad = np.flatnonzero(~np.asarray(inside))[0]
         raise ValueError(f"start point {bad} (Teff {math.exp(theta0[bad, LN_TEFF]):.0f} K, log g "
                          f"{theta0[bad, LOGG]}, [Fe/H] {theta0[bad, FEH]}) is outside the model's "
-                         f"domain Teff {dom.teff} K, log g {dom.logg}, [Fe/H] {dom.feh}")
+                         f"valid domain Teff {dom.teff} K, log g {dom.logg}, [Fe/H] {dom.feh}")
 
 
-def result_columns(result: FitResult, grid: LogGrid) -> dict[str, np.ndarray]:
-    """Physical columns (RV, Teff, … with errors) from a batch result."""
+def result_columns(result: FitResult, grid: LogGrid, weights=None) -> dict[str, np.ndarray]:
+    """Physical columns (RV, Teff, … with errors) from a batch result; ``n_pixels``: the pixels
+    the final fit used (weight > 0, when ``weights`` are given, and in the final mask)."""
     theta = np.asarray(result.theta)
+    used = np.asarray(result.mask, bool)
+    if weights is not None:
+        used = used & (np.asarray(weights) > 0)
     err = np.sqrt(np.abs(np.diagonal(np.asarray(result.covariance), axis1=1, axis2=2)))
     teff = np.exp(theta[:, LN_TEFF])
     return {
@@ -74,12 +105,13 @@ def result_columns(result: FitResult, grid: LogGrid) -> dict[str, np.ndarray]:
         "feh": theta[:, FEH], "feh_err": err[:, FEH],
         "sigma": C_KMS * np.expm1(grid.step * theta[:, SIGMA]),
         "loss": np.asarray(result.loss), "n_iter": np.asarray(result.n_iter),
-        "n_clean": np.asarray(result.n_clean), "converged": np.asarray(result.converged),
+        "n_clean": np.asarray(result.n_clean), "n_pixels": np.count_nonzero(used, axis=1),
+        "converged": np.asarray(result.converged),
         "flags": np.asarray(result.flags).astype(np.int64),
     }
 
 
-RESULT_FLAG_NAMES = {**FLAG_NAMES, READ_ERROR: "read_error",
+RESULT_FLAG_NAMES = {**FLAG_NAMES, READ_ERROR: "read_error", NOT_FITTED: "not_fitted",
                      NONFINITE_FLUX << INPUT_FLAG_SHIFT: "nonfinite_flux",
                      NONPOSITIVE_FLUX << INPUT_FLAG_SHIFT: "nonpositive_flux",
                      FEW_GOOD_PIXELS << INPUT_FLAG_SHIFT: "few_good_pixels"}
@@ -99,6 +131,8 @@ def make_table(ids: Sequence[str], columns: dict, reasons: Sequence[str]):
                   names=COLUMNS)
     for name, unit in UNITS.items():
         table[name].unit = unit
+    for name in COLUMNS:
+        table[name].description = DESCRIPTIONS[name]
     return table
 
 
@@ -127,36 +161,46 @@ def group_fitter(method: str, clean: bool, max_iter: int | None, global_start: b
     """The batch fit as a function of arrays: (fm, flux, weights) for the global start, else
     (fm, θ₀, flux, weights); one function object per setting, so compiled programs are reused.
     ``errors``: "profile" (covariance rescaled to the χ² profile, ``jaxlasp.fit.errors``) or
-    "laplace" (curve_fit's)."""
-    from jaxlasp.fit.errors import check_errors, profile_errors
-    from jaxlasp.fit.start import fit_multistart, fit_one_method
-
+    "laplace" (curve_fit's). Keyword ``timer``: a ``jaxlasp.timing.StageClock`` that gets each
+    stage's time (the stages then block on their results; not inside ``shard_map``)."""
     check_errors(errors)
     if global_start:
-        def fit_group(fm, flux, weights):
+        def fit_group(fm, flux, weights, timer=None):
             return fit_multistart(fm, flux, weights, method=method, clean=clean,
-                                  max_iter=max_iter, errors=errors)
+                                  max_iter=max_iter, errors=errors, timer=timer)
     else:
-        def fit_group(fm, theta0, flux, weights):
-            result = fit_one_method(fm, theta0, flux, weights, method=method, clean=clean,
-                                    max_iter=max_iter)
-            return profile_errors(fm, result, flux, weights) if errors == "profile" else result
+        def fit_group(fm, theta0, flux, weights, timer=None):
+            stage = timer or untimed
+            with stage("fit"):
+                result = fit_one_method(fm, theta0, flux, weights, method=method, clean=clean,
+                                        max_iter=max_iter)
+                result = jax.block_until_ready(result) if timer else result
+            if errors != "profile":
+                return result
+            with stage("errors"):
+                result = profile_errors(fm, result, flux, weights)
+                return jax.block_until_ready(result) if timer else result
     return fit_group
 
 
+def untimed(stage: str):
+    """A stage timer that measures nothing (``timer=None``)."""
+    return nullcontext()
+
+
 def fit(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
-        max_iter: int | None, devices: int | None = None, errors: str = "laplace") -> FitResult:
+        max_iter: int | None, devices: int | None = None, errors: str = "laplace",
+        timer=None) -> FitResult:
     """Run the chosen optimiser on a batch from θ₀, or from the global start when θ₀ is None
     (``max_iter`` None: the method's default). ``devices``: local devices to split the batch
     over (None: all of the default backend; ``jaxlasp.parallel.devices``). ``errors``:
-    "profile" or "laplace" (``group_fitter``)."""
-    from jaxlasp.parallel.devices import device_mesh, run_sharded
-
+    "profile" or "laplace" (``group_fitter``). ``timer``: a ``jaxlasp.timing.StageClock`` for
+    the stage split (single device only)."""
     fit_group = group_fitter(method, clean, max_iter, theta0 is None, errors)
     batch = (flux, weights) if theta0 is None else (theta0, flux, weights)
     mesh = device_mesh(devices)
     if mesh.size == 1:
-        return fit_group(fm, *batch)
+        return fit_group(fm, *batch, timer=timer)
     return run_sharded(fit_group, mesh, fm, *(np.asarray(a) for a in batch))
 
 
@@ -169,7 +213,8 @@ def check_method(method: str) -> None:
 def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = None,
                method: str = "lm", clean: bool = False, start=DEFAULT_START,
                max_iter: int | None = None, devices: int | None = None,
-               errors: str = "laplace"):
+               errors: str = "laplace", mask=None, mdegree: int = DEGREE, adegree: int = -1,
+               segments=()):
     """Fit spectra already on one observed grid; returns an astropy Table (one row per spectrum).
 
     flux: (b, n) flux (any scale: the multiplicative polynomial absorbs it).
@@ -177,7 +222,8 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     LAMOST 4200–5700 Å grid for this model). weights: (b, n) 1/err² times the good-pixel mask
     (default: all ones). start: (Teff, log g, [Fe/H]), (b, 3) per-spectrum starts, or
     "global" for the global start (a grid scan scored by χ², then fits from the best distinct
-    candidates: robust against the regime traps of a fixed start, ~4× the cost).
+    candidates: robust against the regime traps of a fixed start, about five fixed-start fits'
+    cost, ``jaxlasp.fit.start``).
     method: "lm" (Levenberg–Marquardt), "adam" (per-spectrum Adam, ``jaxlasp.fit.adam``) or
     "curvefit" (LASP-CurveFit's own path, to reproduce its results: ``fit_batch(path="curvefit")``).
     devices: local devices the batch is split over (None: all; ``jaxlasp.parallel.devices``).
@@ -186,21 +232,51 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     the Laplace errors are too small, at about 1.5 LM fits more per spectrum;
     ``jaxlasp.fit.errors``). The defaults of ``start`` and ``errors`` are PyLASP's; the CLI's
     are the global start and "profile".
+    mask: pixels left out of the fit, Clean and the polynomial: wavelength intervals
+    ((lo, hi), … [Å] on ``grid``) or a boolean array (n,) or (b, n), True where left out. The
+    table's ``n_pixels`` counts the pixels each fit used; a spectrum with fewer than
+    ``MIN_USABLE_PIXELS`` is flagged ``not_fitted`` with NaN parameters.
+    mdegree, adegree: degrees of the multiplicative (PyLASP: 50) and additive (−1: none, PyLASP;
+    0: a constant, e.g. scattered light) Legendre polynomials, fitted together by linear least
+    squares. segments: disjoint (lo, hi) [Å] windows fitted jointly (shared RV, Teff, log g,
+    [Fe/H]), each with its own polynomials (multiplicative degree ``mdegree`` scaled to its
+    length, ``jaxlasp.model.segment_degree``); the pixels between them are left out. The default
+    grid then spans the segments.
     """
     check_method(method)
     emulator = load_model(model)
-    grid = grid or lamost_fit_grid(emulator.grid)
+    segments = check_intervals(segments)
+    grid = grid or lamost_fit_grid(emulator.grid, fit_window(None, segments))
     flux = np.atleast_2d(np.asarray(flux, np.float64))
     if flux.shape[1] != grid.n:
         raise ValueError(f"flux has {flux.shape[1]} pixels but the grid has {grid.n}")
     weights = np.ones_like(flux) if weights is None else np.broadcast_to(weights, flux.shape)
     ids = [str(i) for i in range(len(flux))] if ids is None else list(ids)
-    fm = build_forward_model(emulator, grid)
+    fm = build_forward_model(emulator, grid, degree=mdegree, adegree=adegree, segments=segments)
+    weights = mask_weights(weights, mask, grid) * fitted_pixels(fm)
     theta0 = initial_points(start, len(flux), fm)
     result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter,
                  devices=devices, errors=errors)
-    columns = result_columns(result, grid)
+    columns = fitted_columns(result, theta0, weights, grid)
     return make_table(ids, columns, [describe_flags(f) for f in columns["flags"]])
+
+
+def mask_weights(weights, mask, grid: LogGrid) -> np.ndarray:
+    """``weights`` (b, n) with the masked pixels set to 0. ``mask``: None, wavelength intervals
+    ((lo, hi), … [Å] on ``grid``, ``jaxlasp.spectral.masks``), or a boolean array (n,) or (b, n),
+    True where a pixel is left out."""
+    weights = np.asarray(weights, np.float64)
+    if mask is None:
+        return weights
+    pixels = np.asarray(mask)
+    if pixels.dtype == bool:
+        if pixels.shape[-1] != weights.shape[-1] or pixels.ndim > 2:
+            raise ValueError(f"a pixel mask has shape (n,) or (b, n) with n = {weights.shape[-1]}"
+                             f" pixels, not {pixels.shape}")
+        masked = np.broadcast_to(pixels, weights.shape)
+    else:
+        masked = masked_pixels(grid.centres, check_intervals(mask))
+    return np.where(masked, 0.0, weights)
 
 
 def lamost_weights(spectrum, weighting: str) -> np.ndarray:
@@ -208,8 +284,15 @@ def lamost_weights(spectrum, weighting: str) -> np.ndarray:
 
     "none" (PyLASP): 1 on finite pixels, with PyLASP's quirk of dropping the last pixel (§c.7).
     "ivar": IVAR on finite pixels with ANDMASK = 0, in units of the normalised flux.
+
+    Either way a pixel whose flux is exactly 0 is left out: LAMOST writes 0 where a pixel has no
+    data (the 25 DR10 sample files hold 240 such pixels, all at 9016–9099 Å past the red arm's
+    data, with IVAR > 0 and ANDMASK 0), and fitted as flux such pixels drag the fit (10 of them
+    in Mg b moved 3706009's Teff by 20 K). Negative values are the noise of faint spectra and
+    stay (618 in the sample, 5 of them inside 4200–5700 Å, all with IVAR > 0). No sample pixel
+    inside 4200–5700 Å is exactly 0, so the PyLASP comparisons are unchanged.
     """
-    weights = spectrum.finite.astype(np.float64)
+    weights = (spectrum.finite & (spectrum.flux != 0)).astype(np.float64)
     weights[-1] = 0.0
     if weighting == "ivar":
         weights = weights * spectrum.ivar * spectrum.median**2 * (spectrum.andmask == 0)
@@ -220,30 +303,71 @@ def lamost_weights(spectrum, weighting: str) -> np.ndarray:
 
 def empty_columns(n: int) -> dict[str, np.ndarray]:
     """Result columns for ``n`` spectra that were not fitted: NaN values, flag ``READ_ERROR``."""
-    columns = {name: np.full(n, np.nan) for name in COLUMNS[1:-5]}
-    columns.update(n_iter=np.zeros(n, np.int64), n_clean=np.zeros(n, np.int64),
+    columns = {name: np.full(n, np.nan) for name in COLUMNS[1:-6]}
+    columns.update({name: np.zeros(n, np.int64) for name in INTEGER_COLUMNS},
                    converged=np.zeros(n, bool), flags=np.full(n, READ_ERROR, np.int64))
     return columns
 
 
 def fit_spectra(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = False,
                 start=DEFAULT_START, weighting: str = "none", max_iter: int | None = None,
-                devices: int | None = None, errors: str = "laplace"):
+                devices: int | None = None, errors: str = "laplace", mask=None, timer=None):
     """Fit spectra already cut to ``fm.grid`` (``LamostSpectrum``-like) as one batch (split over
-    ``devices`` local devices, None: all).
+    ``devices`` local devices, None: all). ``mask``: pixels left out (``mask_weights``: wavelength
+    intervals, or a boolean array (n,) or (b, n) on ``fm.grid``). ``timer``: a
+    ``jaxlasp.timing.StageClock`` that gets the time of each stage (prepare, start, fit, clean,
+    errors, columns).
 
     Returns (columns, reasons): the result columns of ``result_columns`` with the reader's flags
-    added (shifted by ``INPUT_FLAG_SHIFT``), and the names of the flags set per spectrum.
+    added (shifted by ``INPUT_FLAG_SHIFT``) and unfitted rows blanked (``blank_unfitted``), and
+    the names of the flags set per spectrum.
     """
-    flux = np.stack([s.normalised_flux() for s in spectra])
-    weights = np.stack([lamost_weights(s, weighting) for s in spectra])
-    theta0 = initial_points(start, len(spectra), fm)
+    stage = timer or untimed
+    with stage("prepare"):
+        flux = np.stack([s.normalised_flux() for s in spectra])
+        weights = mask_weights(np.stack([lamost_weights(s, weighting) for s in spectra]), mask,
+                               fm.grid) * fitted_pixels(fm)
+        theta0 = initial_points(start, len(spectra), fm)
     result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter,
-                 devices=devices, errors=errors)
-    columns = result_columns(result, fm.grid)
-    input_flags = np.array([s.flags for s in spectra], np.int64) << INPUT_FLAG_SHIFT
-    columns["flags"] = columns["flags"] | input_flags
-    return columns, [describe_flags(f) for f in columns["flags"]]
+                 devices=devices, errors=errors, timer=timer)
+    with stage("columns"):
+        columns = fitted_columns(result, theta0, weights, fm.grid)
+        input_flags = np.array([s.flags for s in spectra], np.int64) << INPUT_FLAG_SHIFT
+        columns["flags"] = columns["flags"] | input_flags
+        return columns, [describe_flags(f) for f in columns["flags"]]
+
+
+PARAMETER_COLUMNS = ("rv", "rv_err", "teff", "teff_err", "logg", "logg_err", "feh", "feh_err",
+                     "sigma")
+"""Columns that hold a fitted parameter or its error."""
+
+
+MIN_USABLE_PIXELS = 4
+"""Fewer pixels with weight > 0 than this and a fit is no result (PyLASP's limit, §c.6)."""
+
+
+def fitted_columns(result: FitResult, theta0, weights, grid: LogGrid) -> dict[str, np.ndarray]:
+    """``result_columns`` with the rows that are no result blanked (``blank_unfitted``)."""
+    columns = result_columns(result, grid, weights)
+    moved = (np.ones(len(columns["n_iter"]), bool) if theta0 is None
+             else np.any(np.asarray(result.theta) != theta0, axis=1))
+    blank_unfitted(columns, moved, columns["n_pixels"])
+    return columns
+
+
+def blank_unfitted(columns: dict[str, np.ndarray], moved: np.ndarray,
+                   usable: np.ndarray | None = None) -> None:
+    """Set the parameters and errors of rows that did not converge and whose fit never ran
+    (n_iter 0) or never left its start (``moved`` False), and of rows with fewer than
+    ``MIN_USABLE_PIXELS`` pixels used (``usable``), to NaN with flag ``NOT_FITTED``: a
+    start point is no result. Fits that ran and moved keep their last values."""
+    unfitted = ~np.asarray(columns["converged"], bool) & ((columns["n_iter"] == 0) | ~moved)
+    if usable is not None:
+        unfitted |= np.asarray(usable) < MIN_USABLE_PIXELS
+    for name in PARAMETER_COLUMNS:
+        columns[name] = np.where(unfitted, np.nan, columns[name])
+    columns["flags"] = columns["flags"] | np.where(unfitted, NOT_FITTED, 0)
+    columns["converged"] = np.asarray(columns["converged"], bool) & ~unfitted
 
 
 class ReadResult(NamedTuple):
@@ -276,28 +400,38 @@ def read_for_fit(path, grid: LogGrid, window, format: str = "auto") -> list[Read
 
 
 def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DEFAULT_START,
-              window=(4200.0, 5700.0), weighting: str = "none", max_iter: int | None = None,
-              devices: int | None = None, errors: str = "laplace"):
+              window=None, weighting: str = "none", max_iter: int | None = None,
+              devices: int | None = None, errors: str = "laplace", mask=None,
+              mdegree: int = DEGREE, adegree: int = -1, segments=()):
     """Fit spectrum files (LAMOST DR9/DR10, DESI coadds, … see ``jaxlasp.io.read_spectra``);
     returns an astropy Table with one row per spectrum, in input order.
 
     A file that cannot be read (or a spectrum that does not cover the window) gets a row of NaNs
     with ``converged = False``, flag ``READ_ERROR`` and the reason; the others are fitted as one
-    batch. ``errors``: "laplace" (PyLASP's) or "profile", as in ``fit_arrays``.
+    batch. ``errors``: "laplace" (PyLASP's) or "profile", as in ``fit_arrays``. ``mask``:
+    wavelength intervals ((lo, hi), … [Å]) left out of every fit. ``mdegree``, ``adegree``: the
+    polynomials' degrees, and ``segments``, as in ``fit_arrays``; ``window`` (default 4200–5700 Å)
+    is the span of the segments when they are given.
     For many files use ``jaxlasp.pipeline.run`` (groups, progress, resume).
     """
     check_method(method)
+    segments = check_intervals(segments)
+    window = fit_window(window, segments)
     emulator = load_model(model)
-    grid = lamost_fit_grid(emulator.grid, tuple(window))
+    grid = lamost_fit_grid(emulator.grid, window)
+    if note := window_note(grid, window):
+        warnings.warn(note, stacklevel=2)
     reads = [r for p in paths for r in read_for_fit(p, grid, window)]
     reasons = [r.reason for r in reads]
     ok = [i for i, r in enumerate(reads) if r.spectrum is not None]
     columns = empty_columns(len(reads))
     if ok:
-        fm = build_forward_model(emulator, grid)
+        fm = build_forward_model(emulator, grid, degree=mdegree, adegree=adegree,
+                                 segments=segments)
         fitted, fit_reasons = fit_spectra(fm, [reads[i].spectrum for i in ok], method=method,
                                           clean=clean, start=start, weighting=weighting,
-                                          max_iter=max_iter, devices=devices, errors=errors)
+                                          max_iter=max_iter, devices=devices, errors=errors,
+                                          mask=mask)
         for name, values in fitted.items():
             columns[name][ok] = values
         for k, i in enumerate(ok):

@@ -141,3 +141,14 @@ def lamost_fit_grid(model: LinearGrid, window: tuple[float, float] = (4200.0, 57
     inside = log_grid_inside(model, LAMOST_LN_STEP, centres[first], centres[last])
     k0 = round((inside.ln_start - LAMOST_AIR_GRID.ln_start) / LAMOST_LN_STEP)
     return LAMOST_AIR_GRID.sub(k0, inside.n)
+
+
+def window_note(grid: LogGrid, window) -> str | None:
+    """A message when the fit grid ``grid`` covers less of ``window`` [Å] than asked (the model
+    does not reach that far) by more than a pixel at either end, else None."""
+    lo, hi = window
+    first, last = grid.edges[0], grid.edges[-1]
+    if lo < first * (1 - grid.step) or hi > last * (1 + grid.step):
+        return (f"the window {lo:g}–{hi:g} Å reaches beyond the model's coverage: fitting "
+                f"{first:.1f}–{last:.1f} Å")
+    return None

@@ -22,14 +22,58 @@ from jaxlasp.emulators.tgm import TGMEmulator, crop_to, tgm_flux
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LinearGrid, LogGrid
 from jaxlasp.spectral.broaden import broaden, kernel_fits
 from jaxlasp.spectral.continuum import (
-    DEGREE, LegendreSystem, fit_multiplicative_polynomial, legendre_system, polynomial_fit,
-    polynomial_tangents)
+    DEGREE, LegendreSystem, combined_fit, combined_tangents, fit_multiplicative_polynomial,
+    legendre_system, polynomial_fit, polynomial_tangents, segment_basis)
 from jaxlasp.spectral.resample import resample
 
 MU, SIGMA, LN_TEFF, LOGG, FEH = range(5)
 """Indices into the parameter vector θ."""
 DEFAULT_HALFWIDTH = 40
 """Static kernel half-width [pixels]: holds |mu| ≤ 15 and σ ≤ 5 (LASP-Adam's box)."""
+
+
+class PolynomialDesign(NamedTuple):
+    """Legendre bases of the polynomials fitted with the model: model = c·(M a) + A b.
+
+    multiplicative: (n, K) — one block of P_0..P_d per segment, 0 outside it; additive: (n, J),
+    J = 0 without an additive polynomial."""
+
+    multiplicative: jax.Array
+    additive: jax.Array
+
+
+REFERENCE_SPAN = float(np.log(5700.0 / 4200.0))
+"""ln-λ span of PyLASP's window, over which the multiplicative degree is ``DEGREE``."""
+
+
+def segment_ranges(grid: LogGrid, segments) -> list[tuple[int, int]]:
+    """(first, stop) pixel ranges of ``grid`` whose centres lie in each (lo, hi) [Å] segment;
+    ValueError when segments overlap or one holds fewer than 10 pixels."""
+    centres = grid.centres
+    ranges = []
+    for lo, hi in segments:
+        first, stop = int(np.searchsorted(centres, lo)), int(np.searchsorted(centres, hi, "right"))
+        if stop - first < 10:
+            raise ValueError(f"segment {lo:g}-{hi:g} Å holds {max(stop - first, 0)} pixels of the "
+                             f"fit grid ({centres[0]:.1f}–{centres[-1]:.1f} Å); at least 10 needed")
+        if ranges and first < ranges[-1][1]:
+            raise ValueError(f"segments overlap at {lo:g} Å; give disjoint LO-HI intervals")
+        ranges.append((first, stop))
+    return ranges
+
+
+def fitted_pixels(fm: "ForwardModel") -> np.ndarray:
+    """(n,) bool: the pixels inside the fitted segments (all of them without segments); the
+    others must get weight 0."""
+    if fm.design is None:
+        return np.ones(fm.grid.n, bool)
+    return np.any(np.asarray(fm.design.multiplicative) != 0, axis=1)
+
+
+def segment_degree(degree: int, grid: LogGrid, pixels: int) -> int:
+    """The multiplicative degree of a segment of ``pixels`` pixels: ``degree`` scaled by its
+    ln-λ span over ``REFERENCE_SPAN`` (so a 4200–5700 Å segment keeps ``degree``), at least 1."""
+    return max(1, round(degree * pixels * grid.step / REFERENCE_SPAN))
 
 
 @dataclass(frozen=True)
@@ -43,6 +87,9 @@ class ForwardModel:
     halfwidth: static kernel half-width [pixels].
     edges: resampling edge convention ("extrapolate" or "clip"), used when the emulator is still
         on its own grid.
+    design: None (PyLASP: one multiplicative polynomial of ``legendre``'s degree over the grid)
+        or the bases of ``PolynomialDesign`` (segments, an additive polynomial), fitted by
+        ``combined_fit``.
     """
 
     emulator: TGMEmulator | LineListEmulator
@@ -50,11 +97,12 @@ class ForwardModel:
     grid: LogGrid
     halfwidth: int = DEFAULT_HALFWIDTH
     edges: str = "extrapolate"
+    design: PolynomialDesign | None = None
 
 
 jax.tree_util.register_dataclass(
-    ForwardModel, data_fields=["emulator", "legendre"], meta_fields=["grid", "halfwidth", "edges"]
-)
+    ForwardModel, data_fields=["emulator", "legendre", "design"],
+    meta_fields=["grid", "halfwidth", "edges"])
 
 
 class Components(NamedTuple):
@@ -64,8 +112,9 @@ class Components(NamedTuple):
     convolved: jax.Array   # after broadening with (mu, sigma)
     coefs: jax.Array       # (degree+1,) Legendre coefficients of the multiplicative polynomial
     polynomial: jax.Array  # Σ_k coefs_k P_k(x_i)
-    model: jax.Array       # convolved · polynomial
+    model: jax.Array       # convolved · polynomial + additive
     residuals: jax.Array   # √weight·(flux − model), zero on excluded pixels
+    additive: jax.Array    # the additive polynomial (zeros without one)
 
 
 def emulator_dtype(emulator: TGMEmulator | LineListEmulator):
@@ -100,14 +149,21 @@ def fold_resampling(emulator: TGMEmulator, grid: LogGrid, edges: str = "extrapol
 
 def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid, *,
                         edges: str = "extrapolate",
-                        fold: bool = True, degree: int = DEGREE,
-                        halfwidth: int = DEFAULT_HALFWIDTH) -> ForwardModel:
+                        fold: bool = True, degree: int = DEGREE, adegree: int = -1,
+                        segments=(), halfwidth: int = DEFAULT_HALFWIDTH) -> ForwardModel:
     """Set up the forward model for observed grid ``grid``.
 
     The emulator is first cropped to the pixels covering the grid (plus one each side).
     fold: resample the coefficient planes once now (fast); otherwise resample every model. A
     line-list emulator is not linear in its parameters, so its spectra are always resampled.
+    degree: the multiplicative polynomial's degree (PyLASP: 50); adegree: the additive one's
+    (−1: none, PyLASP; 0: a constant, …). segments: disjoint (lo, hi) [Å] windows inside
+    ``grid``, each with its own polynomials (multiplicative degree ``segment_degree``); the
+    pixels between them must get weight 0 (``jaxlasp.api.mask_weights`` does).
     """
+    if degree < 0 or adegree < -1:
+        raise ValueError(f"polynomial degrees: multiplicative ≥ 0 and additive ≥ −1, not "
+                         f"{degree} and {adegree}")
     if not isinstance(emulator.grid, LinearGrid):
         raise ValueError("the emulator must be on its own linear grid (as read from its file)")
     edges_model = emulator.grid.edges
@@ -121,8 +177,17 @@ def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid,
         emulator = crop_to(emulator, grid.edges[0], grid.edges[-1])
         if fold:
             emulator = fold_resampling(emulator, grid, edges)
-    legendre = legendre_system(grid.n, degree, emulator_dtype(emulator))
-    return ForwardModel(emulator, legendre, grid, halfwidth, edges)
+    dtype = emulator_dtype(emulator)
+    legendre = legendre_system(grid.n, degree, dtype)
+    design = None
+    if segments or adegree >= 0:
+        ranges = segment_ranges(grid, segments) if segments else [(0, grid.n)]
+        degrees = ([segment_degree(degree, grid, stop - first) for first, stop in ranges]
+                   if segments else [degree])
+        design = PolynomialDesign(
+            jnp.asarray(segment_basis(grid.n, ranges, degrees), dtype),
+            jnp.asarray(segment_basis(grid.n, ranges, [adegree] * len(ranges)), dtype))
+    return ForwardModel(emulator, legendre, grid, halfwidth, edges, design)
 
 
 def emulate(fm: ForwardModel, teff, logg, feh):
@@ -141,10 +206,15 @@ def components(fm: ForwardModel, theta, flux, weights) -> Components:
     """
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
     convolved = broaden(resampled, theta[MU], theta[SIGMA], fm.halfwidth)
-    coefs, polynomial = fit_multiplicative_polynomial(convolved, flux, weights, fm.legendre)
-    model = convolved * polynomial
+    if fm.design is None:
+        coefs, polynomial = fit_multiplicative_polynomial(convolved, flux, weights, fm.legendre)
+        additive = jnp.zeros_like(polynomial)
+    else:
+        fit = combined_fit(convolved, flux, weights, *fm.design)
+        coefs, polynomial, additive = fit.coefs, fit.polynomial, fit.additive
+    model = convolved * polynomial + additive
     resid = jnp.sqrt(weights) * (flux - model)
-    return Components(resampled, convolved, coefs, polynomial, model, resid)
+    return Components(resampled, convolved, coefs, polynomial, model, resid, additive)
 
 
 def residuals(fm: ForwardModel, theta, flux, weights):
@@ -165,14 +235,19 @@ def residuals_and_jacobian(fm: ForwardModel, theta, flux, weights):
     autodiff; the polynomial's derivative from the fit's own Cholesky factor
     (``polynomial_tangents``), so r = √w·(f − c·p) gives J = −√w·(∂c·p + c·∂p) without
     differentiating the moments, the factorisation or the refinement step (~7× cheaper than
-    ``jax.linearize`` of ``residuals``, equal to round-off).
+    ``jax.linearize`` of ``residuals``, equal to round-off). With segments or an additive
+    polynomial the design's derivative comes the same way (``combined_tangents``).
     """
     convolved, tangents = jax.vmap(
         lambda e: jax.jvp(lambda th: broadened(fm, th), (theta,), (e,)), out_axes=(None, 0))(
         jnp.eye(theta.shape[0], dtype=theta.dtype))
+    root = jnp.sqrt(weights)
+    if fm.design is not None:
+        fit = combined_fit(convolved, flux, weights, *fm.design)
+        dmodel = combined_tangents(fit, convolved, tangents, flux, weights, *fm.design)
+        return root * (flux - convolved * fit.polynomial - fit.additive), -root * dmodel
     fit = polynomial_fit(convolved, flux, weights, fm.legendre)
     dpoly = polynomial_tangents(fit, convolved, tangents, flux, weights, fm.legendre)
-    root = jnp.sqrt(weights)
     resid = root * (flux - convolved * fit.polynomial)
     jac = -root * (tangents * fit.polynomial + convolved * dpoly)
     return resid, jac

@@ -1,11 +1,15 @@
-"""Batch runner: files in, one catalog out — fixed-size groups, prefetching, progress, resume.
+"""Batch runner: files in, one catalog out — fixed-size groups, read-ahead, progress, resume.
 
 ``run`` streams the input files in groups of ``group_size`` spectra (the last group padded, so
-the compiled fit is reused), reads the next group on a background thread while the current one
-is fitted, and writes each group's rows as its own part file (``<output>.parts/part-NNNNNN.ecsv``,
-written atomically). When every input is done the parts are merged into the catalog (atomic
-rename) and removed. ``resume=True`` keeps the rows already in the catalog and in the parts and
-fits only what is missing; an interrupted run therefore loses at most the group in flight.
+the compiled fit is reused), reads the files ahead of the fit on a pool of reader threads or
+processes (``read_ahead``, sized by ``FitOptions.reader_pool``), times every stage (read, fit,
+errors, write, fitter idle: ``Summary.stages``), and writes each group's rows as its own part
+file (``<output>.parts/part-NNNNNN.ecsv``, written atomically). When every input is done the
+parts are merged into the catalog (atomic rename) and removed. ``resume=True`` keeps the rows
+already in the catalog and in the parts and fits only what is missing; an interrupted run
+therefore loses at most the group in flight. One run per catalog (``jaxlasp.io.lock``); inputs are
+known by their real path (``input_key``); the options are recorded with every part and a resume
+with other options is refused (``run_options``).
 
 Every input path yields at least one row: a file that cannot be read gets a row of NaNs, flag
 ``READ_ERROR`` and the reason, and a group whose fit raises is recorded the same way, so one bad
@@ -13,26 +17,38 @@ spectrum never stops the run.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import logging
-import queue
+import multiprocessing
+import os
 import shutil
 import sys
-import threading
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from jaxlasp.api import (
-    COLUMNS, GLOBAL_START, READ_ERROR, check_method, empty_columns, fit_spectra, initial_points,
-    load_model, make_table, read_for_fit)
+    COLUMNS, DEMO_MODEL, DESCRIPTIONS, GLOBAL_START, INTEGER_COLUMNS, READ_ERROR, check_method, empty_columns,
+    fit_spectra, initial_points, load_model, make_table, read_for_fit)
 from jaxlasp.fit.errors import check_errors
-from jaxlasp.grids import lamost_fit_grid
+from jaxlasp.grids import LogGrid, lamost_fit_grid, window_note
 from jaxlasp.io import get_reader
-from jaxlasp.io.catalog import check_writable, read_catalog, write_catalog
+from jaxlasp.io.catalog import check_writable, read_catalog, temporary_files, write_catalog
+from jaxlasp.io.lamost import file_stem
+from jaxlasp.io.lock import catalog_lock
 from jaxlasp.model import ForwardModel, build_forward_model
+from jaxlasp.spectral.continuum import DEGREE
+from jaxlasp.spectral.masks import Intervals, fit_window
+from jaxlasp.timing import StageClock
 
 log = logging.getLogger("jaxlasp")
 
@@ -54,12 +70,22 @@ class FitOptions:
     clean: bool = False
     start: tuple[float, float, float] | str = GLOBAL_START
     window: tuple[float, float] = (4200.0, 5700.0)
+    mask: Intervals = ()
+    segments: Intervals = ()
+    mdegree: int = DEGREE
+    adegree: int = -1
     weighting: str = "none"
     max_iter: int | None = None
     group_size: int = 64
     format: str = "auto"
     devices: int | None = None
     errors: str = "profile"
+    readers: int | None = None
+    reader_kind: str = "auto"
+
+    def fit_window(self) -> tuple[float, float]:
+        """The window read and fitted: the span of ``segments`` when given, else ``window``."""
+        return fit_window(None, self.segments) if self.segments else tuple(self.window)
 
     def capacity(self) -> int:
         """Spectra per group: ``group_size`` per device, over ``devices`` local devices (None:
@@ -67,6 +93,68 @@ class FitOptions:
         from jaxlasp.parallel.devices import device_mesh
 
         return self.group_size * device_mesh(self.devices).size
+
+    def reader_pool(self) -> tuple[int, str]:
+        """(workers, "thread" | "process") reading the input files (``read_ahead``).
+
+        ``readers`` None sizes the pool to the machine: on the CPU backend one thread (reading a
+        file costs a few per cent of fitting it, and the fit needs the cores); on an accelerator
+        every host core but one, in processes (the readers' Python code holds the GIL).
+        ``reader_kind`` "auto" picks threads on the CPU backend, processes otherwise.
+        """
+        import jax
+
+        on_cpu = jax.default_backend() == "cpu"
+        workers = self.readers or (1 if on_cpu else max(1, (os.cpu_count() or 2) - 1))
+        kind = self.reader_kind if self.reader_kind != "auto" else (
+            "thread" if on_cpu else "process")
+        return workers, kind
+
+
+def run_options(options: FitOptions, model) -> str:
+    """What a catalog's numbers depend on, as JSON: the fit options and the model (its file's
+    name and SHA-256, "demo", or an in-memory emulator). Stored with every part and in the
+    catalog's metadata; a resume with other options is refused (``check_same_options``)."""
+    return json.dumps({
+        "method": options.method, "clean": options.clean, "errors": options.errors,
+        "start": options.start if isinstance(options.start, str) else list(options.start),
+        "window": list(options.window), "weighting": options.weighting,
+        "max_iter": options.max_iter, "format": options.format, "model": model_identity(model),
+        # recorded only when set, so that catalogs from before masks existed resume as they are
+        **({"mask": [list(pair) for pair in options.mask]} if options.mask else {}),
+        **({"segments": [list(pair) for pair in options.segments]} if options.segments else {}),
+        **({"mdegree": options.mdegree} if options.mdegree != DEGREE else {}),
+        **({"adegree": options.adegree} if options.adegree != -1 else {})},
+        sort_keys=True)
+
+
+def model_identity(model) -> str:
+    """'NAME sha256:…' of a model file, 'demo', or 'an emulator object' (not checkable)."""
+    if isinstance(model, (str, Path)) and str(model) != DEMO_MODEL:
+        return f"{Path(model).name} sha256:{_file_digest(os.path.realpath(model))}"
+    return DEMO_MODEL if isinstance(model, str) else "an emulator object"
+
+
+@lru_cache(maxsize=8)
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def check_same_options(tables, expected: str, output: Path) -> None:
+    """Raise ValueError naming the differences when a table done earlier (catalog or part)
+    was fitted with other options than ``expected`` (``run_options``); tables that predate the
+    record (or a CSV catalog, which keeps no metadata) are taken as they are."""
+    want = json.loads(expected)
+    for table in tables:
+        found = table.meta.get("options")
+        if not found or found == expected:
+            continue
+        had = json.loads(found)
+        changes = [f"{k}: {had.get(k)!r} then, {want.get(k)!r} now"
+                   for k in sorted(set(had) | set(want)) if had.get(k) != want.get(k)]
+        raise ValueError(f"{output} was started with other options ({'; '.join(changes)}); "
+                         "resume with the same options, or write a new catalog")
 
 
 class Record(NamedTuple):
@@ -80,19 +168,30 @@ class Record(NamedTuple):
 
 
 class Summary(NamedTuple):
-    """What a run did: rows in the catalog, how many of them failed, newly fitted this run."""
+    """What a run did: rows in the catalog, how many of them failed, newly fitted this run, its
+    wall time [s] and the split of that time by stage (``jaxlasp.timing.STAGES``; "setup": model
+    and inputs before the first group; "first group": its wall time, compilation included)."""
 
     rows: int
     failed: int
     unreadable: int
     fitted: int
     seconds: float
+    stages: dict = {}
 
 
 # ---------------------------------------------------------------- inputs
 
 def _is_spectrum_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(SPECTRUM_SUFFIXES)
+    """A FITS file by its name: a file, or a link (even a broken or looping one, which then
+    gets a row saying why it cannot be read)."""
+    return (path.is_file() or path.is_symlink()) and path.name.lower().endswith(SPECTRUM_SUFFIXES)
+
+
+def input_key(path) -> str:
+    """What identifies an input file across runs: its resolved real path (however it was typed;
+    a link loop resolves without error)."""
+    return os.path.realpath(path)
 
 
 def _listed_paths(listing: Path) -> list[Path]:
@@ -113,7 +212,7 @@ def expand_inputs(paths: Iterable) -> list[Path]:
     found, seen = [], set()
 
     def add(path: Path):
-        key = path.resolve()
+        key = input_key(path)
         if key not in seen:
             seen.add(key)
             found.append(path)
@@ -130,11 +229,64 @@ def expand_inputs(paths: Iterable) -> list[Path]:
     return found
 
 
-def read_records(path: Path, fm: ForwardModel, window, format: str = "auto") -> list[Record]:
+def read_records(path: Path, grid: LogGrid, window, format: str = "auto") -> list[Record]:
     """The catalog records of one input file: one per spectrum, or one saying why none."""
-    reads = read_for_fit(path, fm.grid, window, format)
+    reads = read_for_fit(path, grid, window, format)
     return [Record(str(path), r.id, r.spectrum, r.reason, k == len(reads) - 1)
             for k, r in enumerate(reads)]
+
+
+def _timed_read(path: Path, grid: LogGrid, window, format: str) -> tuple[list[Record], float]:
+    """(``read_records``, seconds it took): what a reader worker returns. Whatever a file does to
+    the reader (links, permissions, decompression, a plug-in reader's bug) becomes a record
+    with the reason, never an exception that would stop the run."""
+    start = time.perf_counter()
+    try:
+        records = read_records(path, grid, window, format)
+    except Exception as err:  # noqa: BLE001 - every input must get a row
+        reason = f"{path}: cannot be read ({type(err).__name__}: {err})"
+        records = [Record(str(path), file_stem(path), None, reason, True)]
+    return records, time.perf_counter() - start
+
+
+def read_ahead(paths, read, *, workers: int = 1, kind: str = "thread", spectra_ahead: int = 128,
+               clock: StageClock | None = None) -> Iterator[list[Record]]:
+    """``read(path)`` → (records, seconds) for each path, yielded in input order, computed on a
+    pool of ``workers`` threads or processes (``kind``) ahead of the consumer.
+
+    The pool keeps about ``spectra_ahead`` spectra in flight (in files: ``spectra_ahead`` over
+    the mean spectra per file seen so far, at least 2 per worker), so a many-spectrum file does
+    not fill the memory. ``clock`` gets the readers' time as "read" and the consumer's waits as
+    "idle". ``read`` must be picklable for processes (a module-level function or partial).
+    """
+    clock = clock or StageClock()
+    if kind not in ("thread", "process"):
+        raise ValueError(f"reader kind must be 'thread' or 'process', not {kind!r}")
+    if kind == "process":
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="jaxlasp-reader")
+    pending: deque = deque()
+    paths = iter(paths)
+    files = spectra = 0
+    try:
+        while True:
+            per_file = spectra / files if files else 1.0
+            limit = max(2 * workers, int(spectra_ahead / max(per_file, 1.0)))
+            for path in itertools.islice(paths, max(0, limit - len(pending))):
+                pending.append(pool.submit(read, path))
+            if not pending:
+                return
+            waited = time.perf_counter()
+            records, seconds = pending.popleft().result()
+            clock.add("idle", time.perf_counter() - waited)
+            clock.add("read", seconds)
+            files, spectra = files + 1, spectra + len(records)
+            yield records
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- grouping
@@ -153,37 +305,11 @@ def group_records(records: Iterable[Record], group_size: int) -> Iterator[list[R
         yield group
 
 
-def prefetch(iterator: Iterator, depth: int = 1) -> Iterator:
-    """Iterate ``iterator`` on a background thread, ``depth`` items ahead (I/O overlaps compute).
-    An exception raised while producing is re-raised in the consumer."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for item in iterator:
-                if stop.is_set():
-                    return
-                items.put(item)
-            items.put(done)
-        except BaseException as err:  # handed over to the consumer
-            items.put(err)
-
-    thread = threading.Thread(target=produce, daemon=True, name="jaxlasp-reader")
-    thread.start()
-    try:
-        while (item := items.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
-def fit_group(fm: ForwardModel, group: list[Record], options: FitOptions, capacity: int):
+def fit_group(fm: ForwardModel, group: list[Record], options: FitOptions, capacity: int,
+              clock: StageClock | None = None):
     """The catalog table of one group: its readable spectra fitted as one batch padded to
-    ``capacity`` (so every group has the compiled shape), the others as failure rows."""
+    ``capacity`` (so every group has the compiled shape), the others as failure rows.
+    ``clock`` gets the time of each stage (``jaxlasp.timing``)."""
     good = [k for k, r in enumerate(group) if r.spectrum is not None]
     columns = empty_columns(len(group))
     reasons = [r.reason for r in group]
@@ -194,7 +320,8 @@ def fit_group(fm: ForwardModel, group: list[Record], options: FitOptions, capaci
             fitted, fit_reasons = fit_spectra(
                 fm, padded, method=options.method, clean=options.clean, start=options.start,
                 weighting=options.weighting, max_iter=options.max_iter,
-                devices=options.devices, errors=options.errors)
+                devices=options.devices, errors=options.errors, mask=options.mask or None,
+                timer=clock)
         except Exception as err:  # a failed group is recorded, never fatal
             log.error("fitting a group of %d spectra failed: %s", len(good), err)
             for k in good:
@@ -230,15 +357,12 @@ def normalise(table):
 
     columns = {}
     for name in CATALOG_COLUMNS:
-        values = np.asarray(table[name]) if name in table.colnames else np.full(len(table), "")
-        if name in ("id", "reason", "path"):
-            values = values.astype(str)
-        elif name == "converged":
-            values = values.astype(bool)
-        elif name in ("n_iter", "n_clean", "flags"):
-            values = values.astype(np.int64)
-        else:
-            values = values.astype(np.float64)
+        kind = (str if name in ("id", "reason", "path") else bool if name == "converged"
+                else np.int64 if name in INTEGER_COLUMNS else np.float64)
+        if name in table.colnames:
+            values = np.asarray(table[name]).astype(kind)
+        else:  # a catalog written before the column existed
+            values = np.full(len(table), np.nan if kind is np.float64 else kind())
         columns[name] = values
     out = Table(columns, names=CATALOG_COLUMNS)
     for name in COLUMNS:
@@ -248,28 +372,34 @@ def normalise(table):
 
 
 def load_done(output: Path):
-    """(tables already done, complete paths, done (path, id) keys) from the catalog and parts."""
-    tables, complete = [], set()
-    if output.exists():
-        table = normalise(read_catalog(output))
-        tables.append(table)
-        complete.update(table["path"])
-    for part in _part_files(output):
-        table = read_catalog(part)
-        complete.update(table.meta.get("complete_paths", []))
-        tables.append(normalise(table))
-    keys = {(p, i) for t in tables for p, i in zip(t["path"], t["id"])}
+    """(tables already done, complete input keys, done (input key, id) keys) from the catalog
+    and the parts. A row whose (input, id) an earlier table already holds is dropped, so that
+    whatever a kill left (a merged catalog beside its parts, say) counts each spectrum once."""
+    tables, complete, keys = [], set(), set()
+    sources = ([output] if output.exists() else []) + _part_files(output)
+    for source in sources:
+        table = read_catalog(source)
+        complete.update(input_key(p) for p in (table["path"] if source == output
+                                                else table.meta.get("complete_paths", [])))
+        kept = {key: table.meta[key] for key in ("options", "created") if table.meta.get(key)}
+        table = normalise(table)
+        table.meta.update(kept)
+        rows = [(input_key(p), i) for p, i in zip(table["path"], table["id"])]
+        new = np.array([row not in keys for row in rows], bool)
+        keys.update(rows)
+        tables.append(table[new] if not new.all() else table)
     return tables, complete, keys
 
 
 def merge(tables, order: dict[str, int]):
-    """One table from ``tables``, rows sorted by input order (unknown paths last, stable)."""
+    """One table from ``tables``, rows sorted by input order (``order``: input key → rank;
+    unknown paths last, stable)."""
     from astropy.table import vstack
 
     table = vstack(tables, metadata_conflicts="silent") if tables else normalise(
         make_table([], empty_columns(0), []))
     table.meta.pop("complete_paths", None)
-    rank = np.array([order.get(p, len(order)) for p in table["path"]], np.int64)
+    rank = np.array([order.get(input_key(p), len(order)) for p in table["path"]], np.int64)
     return table[np.argsort(rank, kind="stable")]
 
 
@@ -307,78 +437,167 @@ def run(inputs, model, output, options: FitOptions = FitOptions(), *, resume: bo
 
     model: TGM file path or ``TGMEmulator``. output: catalog path (.csv, .ecsv, .fits, .parquet).
     Without ``resume`` an existing catalog or parts folder is an error (nothing is overwritten by
-    accident). Raises ValueError for bad options (method, start outside the domain, output).
+    accident). Raises ValueError for bad options (method, start outside the domain, output) or
+    inputs without any spectrum file, and ``CatalogLocked`` while another run writes ``output``
+    (``jaxlasp.io.lock``; taken before the model is loaded).
     """
     t0 = time.perf_counter()
     output = Path(output)
-    check_run(output, options, resume)
-    options.capacity()  # ValueError for more devices than this process has
-    fm = prepare_model(model, options)
+    check_options(output, options)
+    with catalog_lock(output):
+        check_fresh(output, resume)
+        return _run_locked(inputs, model, output, options, resume, quiet, t0)
+
+
+def _run_locked(inputs, model, output: Path, options: FitOptions, resume: bool, quiet: bool,
+                t0: float) -> Summary:
+    """``run`` once the catalog's lock is held."""
     paths = expand_inputs(inputs)
+    check_found(paths, inputs)
+    fm = prepare_model(model, options)
+    stamp = run_options(options, model)
     tables, complete, keys = load_done(output) if resume else ([], set(), set())
-    todo = [p for p in paths if str(p) not in complete]
-    log.info("%d input files, %d already done, %d to fit (%s, clean=%s, %d spectra per group)",
-             len(paths), len(paths) - len(todo), len(todo), options.method, options.clean,
-             options.capacity())
+    check_same_options(tables, stamp, output)
+    todo = [p for p in paths if input_key(p) not in complete]
+    workers, kind = options.reader_pool()
+    log.info("%d input files, %d already done, %d to fit (%s, clean=%s, %d spectra per group, "
+             "%d reader %s%s)", len(paths), len(paths) - len(todo), len(todo), options.method,
+             options.clean, options.capacity(), workers, kind, "s" if workers > 1 else "")
     folder = parts_folder(output)
     folder.mkdir(exist_ok=True)
     next_part = len(_part_files(output))
     progress = Progress(len(todo), quiet)
     files = spectra = failed = 0
-    for group, table in fit_paths(fm, todo, options, keys):
-        write_catalog(table, folder / f"part-{next_part:06d}.ecsv")
+    clock = StageClock()
+    setup = time.perf_counter() - t0
+    first_group: dict | None = None
+    group_started = time.perf_counter()
+    for group, table in fit_paths(fm, todo, options, keys, clock):
+        table.meta["options"] = stamp
+        with clock("write"):
+            write_catalog(table, folder / f"part-{next_part:06d}.ecsv")
+            tables.append(normalise(table))
         next_part += 1
-        tables.append(normalise(table))
         files += sum(r.last_of_file for r in group)
         spectra += len(group)
         failed += int(np.count_nonzero(~np.asarray(table["converged"])))
         progress.update(files, spectra, failed)
-    return finish_catalog(output, tables, paths, spectra, t0)
+        if first_group is None:
+            first_group = {"wall": time.perf_counter() - group_started, **clock.as_dict()}
+    with clock("write"):
+        summary = finish_catalog(output, tables, paths, spectra, t0, stamp)
+    stages = {"setup": setup, "first group": (first_group or {}).get("wall", 0.0),
+              **steady_stages(clock.as_dict(), first_group or {})}
+    return summary._replace(stages=stages)
 
 
-def check_run(output: Path, options: FitOptions, resume: bool) -> None:
-    """Raise ValueError for bad options or an output that exists without ``resume``."""
+def steady_stages(total: dict[str, float], first: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage after the first group (``total`` minus ``first``): the steady state
+    without the compilation the first group pays."""
+    return {name: seconds - first.get(name, 0.0) for name, seconds in total.items()}
+
+
+def check_options(output: Path, options: FitOptions) -> None:
+    """Raise ValueError for bad options or an output that cannot be written."""
     check_method(options.method)
     check_errors(options.errors)
     if options.group_size < 1:
         raise ValueError(f"group size must be ≥ 1, not {options.group_size}")
+    if options.readers is not None and options.readers < 1:
+        raise ValueError(f"readers must be ≥ 1, not {options.readers}")
+    if options.reader_kind not in ("auto", "thread", "process"):
+        raise ValueError(f"reader kind must be 'auto', 'thread' or 'process', not "
+                         f"{options.reader_kind!r}")
     if options.format != "auto":
         get_reader(options.format)  # ValueError naming the registered readers
     check_writable(output)
+    options.capacity()  # ValueError for more devices than this process has
+
+
+class CatalogExists(ValueError):
+    """The catalog (or its parts) exists and no resume was asked for."""
+
+    def __init__(self, output: Path, how: str = "pass resume=True"):
+        super().__init__(f"{output} (or its parts folder) already exists: {how} to continue it, "
+                         "or remove it")
+        self.output = output
+
+
+def check_fresh(output: Path, resume: bool) -> None:
+    """Raise ``CatalogExists`` when ``output`` or its parts exist and ``resume`` is not given."""
     if not resume and (output.exists() or parts_folder(output).exists()):
-        raise ValueError(f"{output} (or its parts folder) already exists: pass resume=True "
-                         "(--resume) to continue it, or remove it")
+        raise CatalogExists(output)
+
+
+def check_found(paths: list[Path], inputs) -> None:
+    """Raise ValueError when the inputs name no spectrum file at all."""
+    if not paths:
+        raise ValueError(f"no spectrum files in {', '.join(map(str, inputs)) or 'the inputs'} "
+                         f"(files ending {', '.join(SPECTRUM_SUFFIXES)}, folders holding such "
+                         "files, or lists of them)")
 
 
 def prepare_model(model, options: FitOptions) -> ForwardModel:
     """The forward model for ``options.window``; ValueError for a start outside its domain."""
     emulator = load_model(model)
-    fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, tuple(options.window)))
+    fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, options.fit_window()),
+                             degree=options.mdegree, adegree=options.adegree,
+                             segments=options.segments)
+    if note := window_note(fm.grid, options.fit_window()):
+        log.warning("%s", note)
     initial_points(options.start, 1, fm)
     return fm
 
 
-def fit_paths(fm: ForwardModel, paths, options: FitOptions, skip=frozenset()):
-    """(group, table) for each group of the spectra in ``paths`` (in order, read on a background
-    thread while the previous group is fitted); spectra whose (path, id) is in ``skip`` are left
-    out (already in the catalog)."""
-    def records():
-        for path in paths:
-            for record in read_records(path, fm, options.window, options.format):
-                if (record.path, record.id) not in skip:
-                    yield record
-
+def fit_paths(fm: ForwardModel, paths, options: FitOptions, skip=frozenset(),
+              clock: StageClock | None = None):
+    """(group, table) for each group of the spectra in ``paths``, in order; the files are read
+    ahead of the fit by ``options.reader_pool()`` workers (``read_ahead``). Spectra whose
+    (input key, id) is in ``skip`` are left out (already in the catalog). ``clock`` gets the time of
+    each stage."""
+    clock = clock or StageClock()
+    workers, kind = options.reader_pool()
     capacity = options.capacity()
-    for group in prefetch(group_records(records(), capacity)):
-        yield group, fit_group(fm, group, options, capacity)
+    read = partial(_timed_read, grid=fm.grid, window=options.fit_window(),
+                   format=options.format)
+    records = (record
+               for file_records in read_ahead(paths, read, workers=workers, kind=kind,
+                                              spectra_ahead=2 * capacity, clock=clock)
+               for record in file_records if (input_key(record.path), record.id) not in skip)
+    for group in group_records(records, capacity):
+        yield group, fit_group(fm, group, options, capacity, clock)
 
 
-def finish_catalog(output: Path, tables, paths, fitted: int, t0: float) -> Summary:
-    """Merge ``tables`` in the order of ``paths`` into ``output``, remove the parts folder and
-    summarise the run (``fitted`` spectra this run, started at ``t0``)."""
-    catalog = merge(tables, {str(p): k for k, p in enumerate(paths)})
+def jaxlasp_version() -> str:
+    """The installed jaxlasp's version ("unknown" when run from a source tree not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxlasp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def finish_catalog(output: Path, tables, paths, fitted: int, t0: float,
+                   options: str | None = None) -> Summary:
+    """Merge ``tables`` in the order of ``paths`` into ``output`` (with the ``run_options``
+    record ``options``, the jaxlasp version and the time the catalog was first created — a
+    resumed catalog keeps it — in its metadata), remove the parts folder and summarise the run
+    (``fitted`` spectra this run, started at ``t0``)."""
+    catalog = merge(tables, {input_key(p): k for k, p in enumerate(paths)})
+    for name in CATALOG_COLUMNS:
+        catalog[name].description = DESCRIPTIONS[name]
+    earlier = [t.meta["created"] for t in tables if t.meta.get("created")]  # a resumed catalog
+    catalog.meta.clear()  # in one order, so that a resume that fits nothing writes the same bytes
+    if options:
+        catalog.meta["options"] = options
+    catalog.meta["jaxlasp"] = jaxlasp_version()  # keys of ≤ 8 letters: plain FITS cards
+    catalog.meta["created"] = (min(earlier) if earlier
+                               else datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_catalog(catalog, output)
     shutil.rmtree(parts_folder(output), ignore_errors=True)  # parts and stale temporary files
+    for stale in temporary_files(output):  # a killed run's half-written catalog (lock held)
+        stale.unlink(missing_ok=True)
     failures = ~np.asarray(catalog["converged"], bool)
     unreadable = (np.asarray(catalog["flags"]) & READ_ERROR) != 0
     return Summary(len(catalog), int(failures.sum()), int(unreadable.sum()), fitted,

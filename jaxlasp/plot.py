@@ -13,15 +13,21 @@ def _pyplot():
     return plt
 
 
-def plot_fit(wave, flux, comps, used, title: str, path) -> None:
+def plot_fit(wave, flux, comps, used, title: str, path, masked=(), segments=()) -> None:
     """Observed vs model spectrum, residuals with excluded pixels marked, and the polynomial.
 
     wave: (n,) Å; flux: (n,) observed; comps: ``jaxlasp.model.Components`` of the fit;
-    used: (n,) bool, pixels the fit used (the others — weight 0 or rejected by Clean — are marked).
+    used: (n,) bool, pixels the fit used (the others — weight 0 or rejected by Clean — are marked);
+    masked: wavelength intervals ((lo, hi), … [Å]) left out by a mask, shaded in every panel;
+    segments: the (lo, hi) windows of a segmented fit, their ends drawn as dashed lines.
     """
     plt = _pyplot()
     wave, flux, used = np.asarray(wave), np.asarray(flux), np.asarray(used, bool)
     model, poly = np.asarray(comps.model), np.asarray(comps.polynomial)
+    if segments:  # nothing is fitted between segments (their polynomials are 0 there)
+        between = ~np.any([(wave >= lo) & (wave <= hi) for lo, hi in segments], axis=0)
+        model, poly = np.where(between, np.nan, model), np.where(between, np.nan, poly)
+        used = used | between  # not marked as excluded: no pixel there is fitted
     fig, (top, mid, bottom) = plt.subplots(3, 1, sharex=True, figsize=(11, 7),
                                            gridspec_kw={"height_ratios": [3, 1.3, 1]})
     top.plot(wave, flux, lw=0.7, color="0.2", label="observed")
@@ -37,6 +43,16 @@ def plot_fit(wave, flux, comps, used, title: str, path) -> None:
     bottom.plot(wave, poly, color="tab:blue", lw=0.8)
     bottom.set_ylabel("polynomial")
     bottom.set_xlabel("wavelength [Å, air]")
+    for k, (lo, hi) in enumerate(masked):
+        for ax in (top, mid, bottom):
+            ax.axvspan(max(lo, wave[0]), min(hi, wave[-1]), color="0.85", zorder=0,
+                       label="masked" if (k == 0 and ax is top) else None)
+    for lo, hi in segments:
+        for ax in (top, mid, bottom):
+            for edge in (lo, hi):
+                ax.axvline(edge, color="tab:green", lw=0.7, ls="--", zorder=0)
+    if masked:
+        top.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

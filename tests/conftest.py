@@ -1,7 +1,10 @@
 """Shared fixtures: the real data in ../shared (skipped with a reason when absent)."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # One BLAS thread: the NumPy/SciPy references solve small problems, and a multi-threaded OpenBLAS
 # slows down 100× when another process shares the two cores of a CI machine.
@@ -14,6 +17,15 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 import jaxlasp  # noqa: F401  (enables float64)
+from jaxlasp.compile_cache import enable_compilation_cache  # noqa: E402
+
+# Compiled programs persist on disk for the session, in a folder of its own (never the user's
+# cache): the caches are cleared after every module, and the next module, the CLI tests' own
+# processes included, loads its programs instead of compiling them again.
+if not os.environ.get("JAXLASP_CACHE_DIR"):
+    os.environ["JAXLASP_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxlasp-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAXLASP_CACHE_DIR"], ignore_errors=True)
+enable_compilation_cache()
 
 # Property tests draw the same examples on every run, so CI cannot fail by chance; set
 # HYPOTHESIS_PROFILE=explore to search new examples.
@@ -36,6 +48,18 @@ def _release_compiled_programs():
     import jax
 
     jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _restore_jaxlasp_logger():
+    """The CLI, called in-process, points jaxlasp's logger at the test's captured stderr and stops
+    it propagating; put it back so that later tests (and caplog) see its records."""
+    import logging
+
+    logger = logging.getLogger("jaxlasp")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def need(path: Path) -> Path:

@@ -30,9 +30,10 @@ def test_batch_equals_one_at_a_time(paths, batch_table):
 
 
 def test_table_columns_and_units(batch_table):
-    assert batch_table.colnames[:15] == ["id", "rv", "rv_err", "teff", "teff_err", "logg",
-                                         "logg_err", "feh", "feh_err", "sigma", "loss", "n_iter",
-                                         "n_clean", "converged", "flags"]
+    assert batch_table.colnames == ["id", "rv", "rv_err", "teff", "teff_err", "logg",
+                                    "logg_err", "feh", "feh_err", "sigma", "loss", "n_iter",
+                                    "n_clean", "n_pixels", "converged", "flags", "reason"]
+    assert list(batch_table["n_pixels"]) == [1326] * len(IDS)  # 1327 less PyLASP's last pixel
     assert str(batch_table["teff"].unit) == "K" and str(batch_table["rv"].unit) == "km / s"
     assert list(batch_table["id"]) == IDS
 
@@ -67,7 +68,7 @@ def test_unusable_spectra_are_flagged_not_raised(elodie, method):
 
 
 def test_out_of_domain_start_is_a_clear_error(elodie):
-    with pytest.raises(ValueError, match="outside the model's domain"):
+    with pytest.raises(ValueError, match="outside the model's valid domain"):
         fit_arrays(np.ones((1, 1327)), elodie, start=(50000.0, 3.5, -0.5))
 
 

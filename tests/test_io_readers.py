@@ -92,7 +92,9 @@ def test_explicit_format(desi_file):
     assert get_reader("desi").read is read_desi
 
 
-@pytest.mark.parametrize("content", [b"FLUX IVAR\n1 2\n", b"", gzip.compress(b"not fits at all")])
+@pytest.mark.parametrize(
+    "content", [b"FLUX IVAR\n1 2\n", b"", gzip.compress(b"not fits at all", mtime=0)],
+    ids=["text", "empty", "gzip"])
 def test_not_fits(tmp_path, content):
     path = tmp_path / "spec.fits"
     path.write_bytes(content)

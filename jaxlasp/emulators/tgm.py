@@ -143,8 +143,8 @@ def regime_design(teff, logg, feh, version: int = 2):
     z = jnp.asarray(feh, f64)
     tau = t / 0.2
     tau_cold = tau if version == 1 else (t + 0.1) / 0.2
-    phi = jnp.stack([basis_terms(tau, g, z, version), basis_terms(tau, g, z, version),
-                     basis_terms(tau_cold, g, z, version)])
+    warm_hot = basis_terms(tau, g, z, version)  # the warm and hot regimes share τ
+    phi = jnp.stack([warm_hot, warm_hot, basis_terms(tau_cold, g, z, version)])
     return regime_weights(t)[:, None] * phi
 
 

@@ -8,19 +8,29 @@ a few units above the minimum (mock spectra, S/N 10: χ²(truth) − χ²(θ̂) 
 
 The profile χ² of parameter j, min over the other parameters of χ² at fixed θ_j, is what a
 likelihood-ratio interval uses. Here it is sampled at θ_j = θ̂_j ± ``PROFILE_STEP``·σ_j:
-``PROFILE_ITERATIONS`` Gauss–Newton steps over the other four parameters from the Laplace
-prediction θ̂ ± PROFILE_STEP·Σe_j/σ_j. If χ² were quadratic the rise would be PROFILE_STEP²
-(in units of the reduced χ²); the variance of θ_j is multiplied by PROFILE_STEP²/Δχ², averaged
-over the two sides (a side outside the parameter box is left out), and Σ becomes D Σ D,
-D = diag(√ratio), so its correlations are kept. On 1000 ELODIE mock spectra (LM, global start)
-this brought the pull widths at S/N 10 from 1.06 / 1.11 / 1.08 / 1.09 (RV, Teff, log g, [Fe/H])
-to 1.04 / 1.05 / 1.04 / 1.04 and left those at S/N 50 and 100 unchanged (README, "Validation").
+``FAST_ITERATIONS`` (1) Gauss–Newton step over the other four parameters from the Laplace
+prediction θ̂ ± PROFILE_STEP·Σe_j/σ_j, with the exact Jacobian there, and the lower of the χ² at
+the prediction and after the step. If χ² were quadratic the rise would be PROFILE_STEP² (in units
+of the reduced χ²); the variance of θ_j is multiplied by PROFILE_STEP²/Δχ², averaged over the two
+sides (a side outside the parameter box is left out), and Σ becomes D Σ D, D = diag(√ratio), so
+its correlations are kept. On 1000 ELODIE mock spectra (LM, global start) this brought the pull
+widths at S/N 10 from 1.06 / 1.11 / 1.08 / 1.09 (RV, Teff, log g, [Fe/H]) to 1.04 / 1.05 / 1.04 /
+1.04 and left those at S/N 50 and 100 unchanged (README, "Validation"; measured with
+``PROFILE_ITERATIONS`` = 2 steps, the former default: one step gives errors within 1.2 % of
+those on the 25 LAMOST sample spectra, median ratio 1.0000, and the same pull widths).
 
-Cost per spectrum: 8 profile points × (PROFILE_ITERATIONS residual + Jacobian evaluations + one
-residual evaluation): 4.6–4.8 ms on the 2-core CPU, 1.2–1.5× an LM No Clean fit
-(`benchmarks/errors.py`).
+Not used, and why: Gauss–Newton steps with the solution's Jacobian for all 8 points (one Jacobian
+per fit instead of 8; 2.5× cheaper than one fresh step) stop short of the profile minimum where
+the valley curves: errors up to 6 % smaller than the reference on the LAMOST sample, and the
+S/N 10 pull widths rose from 1.03 / 1.06 / 1.05 / 1.04 to 1.07 / 1.08 / 1.07 / 1.07.
+
+Cost per spectrum: 8 profile points × (FAST_ITERATIONS residual + Jacobian evaluations + one
+residual evaluation), plus χ² at θ̂: 0.6× the two-step version's (3.75 against 6.30 ms on the
+2-core CPU under load, batch 64; ``benchmarks/start.py``, ``benchmarks/errors.py``).
 """
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +43,12 @@ from jaxlasp.spectral.continuum import cholesky_lower, cholesky_solve
 PROFILE_STEP = 2.0
 """Offset of the profile points from θ̂ [Laplace standard deviations]."""
 PROFILE_ITERATIONS = 2
-"""Gauss–Newton steps per profile point (4 gave the same pull widths on the S/N 10 mocks)."""
+"""Gauss–Newton steps per profile point of ``profile_chi2`` (fresh Jacobians; 4 gave the same pull
+widths on the S/N 10 mocks)."""
+FAST_ITERATIONS = 1
+"""Gauss–Newton steps per profile point of ``profile_errors`` by default: on the 25 LAMOST sample
+spectra the errors are within 1.2 % of those with PROFILE_ITERATIONS (median ratio 1.0000) at
+0.6× the cost."""
 PROFILED = (MU, LN_TEFF, LOGG, FEH)
 """Parameters whose errors are rescaled (σ, the broadening, keeps its Laplace error)."""
 MAX_RATIO = 100.0
@@ -73,9 +88,10 @@ def profile_chi2(fm: ForwardModel, theta, fixed, flux, weights, lower, upper,
 
 
 def variance_ratios(fm: ForwardModel, theta, cov, flux, weights, step: float = PROFILE_STEP,
-                    iterations: int = PROFILE_ITERATIONS):
+                    iterations: int = FAST_ITERATIONS):
     """(5,) factors for the variances of one fit: step²/Δχ²_profile averaged over the two sides
-    for the ``PROFILED`` parameters, 1 for σ and wherever no side could be measured."""
+    for the ``PROFILED`` parameters, 1 for σ and wherever no side could be measured; each side's
+    profile χ² from ``profile_chi2`` with ``iterations`` Gauss–Newton steps."""
     lower, upper = (jnp.asarray(a, theta.dtype) for a in parameter_box(fm))
     used = jnp.sum(weights > 0)
     best = chi2(fm, theta, flux, weights)
@@ -99,13 +115,16 @@ def variance_ratios(fm: ForwardModel, theta, cov, flux, weights, step: float = P
     return jnp.ones(theta.shape[0], theta.dtype).at[index].set(mean)
 
 
-@jax.jit
-def profile_errors(fm: ForwardModel, result: FitResult, flux, weights) -> FitResult:
-    """``result`` with its covariance rescaled to the χ² profile (``variance_ratios``) over the
-    pixels each fit used (weights × final mask); batch of b spectra."""
+@partial(jax.jit, static_argnames=("iterations",))
+def profile_errors(fm: ForwardModel, result: FitResult, flux, weights,
+                   iterations: int = FAST_ITERATIONS) -> FitResult:
+    """``result`` with its covariance rescaled to the χ² profile (``variance_ratios`` with
+    ``iterations`` Gauss–Newton steps per profile point; ``PROFILE_ITERATIONS`` is the former
+    default, the reference of the tests) over the pixels each fit used (weights × final mask);
+    batch of b spectra."""
     def one(args):
         theta, cov, f, w, mask = args
-        root = jnp.sqrt(variance_ratios(fm, theta, cov, f, w * mask))
+        root = jnp.sqrt(variance_ratios(fm, theta, cov, f, w * mask, iterations=iterations))
         return cov * root[:, None] * root[None, :]
 
     batch = (result.theta, result.covariance, jnp.asarray(flux), jnp.asarray(weights), result.mask)

@@ -7,8 +7,9 @@ lazily.
 """
 from __future__ import annotations
 
-import os
+import glob
 import json
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,6 +23,10 @@ FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": 
 
 class CatalogError(ValueError):
     """A catalog path that cannot be written or read (unknown format, missing folder, corrupt)."""
+
+
+class CatalogWriteError(OSError):
+    """Writing a catalog or part file failed (disk full, quota, I/O error); names the file."""
 
 
 def catalog_format(path) -> str:
@@ -48,13 +53,27 @@ def check_writable(path) -> None:
         raise CatalogError(f"{path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise CatalogError(f"{path}: not writable")
+    try:  # the access test passes for root on read-only or virtual file systems (/proc)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise CatalogError(f"{path}: cannot create files in {folder} "
+                           f"({err.strerror or err})") from err
+
+
+def temporary_files(path) -> list[Path]:
+    """The temporary files ``write_catalog`` makes for ``path`` (left behind only by a kill)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(path.suffix)}"))
 
 
 def write_catalog(table, path) -> None:
-    """Write ``table`` to ``path`` (format from the suffix) atomically: temp file, then rename."""
+    """Write ``table`` to ``path`` (format from the suffix) atomically: temp file, then rename.
+    The file's mode follows the umask, as a plainly created file's would."""
     path = Path(path)
     fmt = catalog_format(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would survive the rename
     os.close(fd)
     try:
         if fmt == "parquet":
@@ -64,9 +83,23 @@ def write_catalog(table, path) -> None:
                 warnings.filterwarnings("ignore", message=".*could not be saved in native FITS")
                 table.write(tmp, format=fmt, overwrite=True)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CatalogWriteError(err.errno, f"{path}: cannot be written "
+                                    f"({err.strerror or err})") from err
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+CATALOG_META = ("options", "jaxlasp", "created")
+"""Metadata keys jaxlasp writes into catalogs (``jaxlasp.pipeline.finish_catalog``)."""
 
 
 def read_catalog(path):
@@ -78,10 +111,15 @@ def read_catalog(path):
         table = _read_parquet(path) if fmt == "parquet" else Table.read(path, format=fmt)
     except Exception as err:  # astropy raises many types for corrupt files
         raise CatalogError(f"{path}: cannot read the catalog ({err})") from err
+    for key in CATALOG_META:  # FITS keeps header keywords upper case
+        if key.upper() in table.meta and key not in table.meta:
+            table.meta[key] = table.meta.pop(key.upper())
     for name in ("id", "path", "reason"):  # CSV: numeric ids read as ints, "" as masked
         if name in table.colnames:
+            description = table[name].description
             table[name] = np.asarray(["" if np.ma.is_masked(v) else str(v)
                                       for v in table[name]], dtype=str)
+            table[name].description = description
     if "converged" in table.colnames and table["converged"].dtype.kind in "USO":
         table["converged"] = np.isin(np.asarray(table["converged"], str), ("True", "true", "1"))
     return table
@@ -93,8 +131,10 @@ def _write_parquet(table, path) -> None:
     import pyarrow.parquet as pq
 
     units = {n: str(table[n].unit) for n in table.colnames if table[n].unit is not None}
+    descriptions = {n: table[n].description for n in table.colnames if table[n].description}
     arrow = pa.table({n: np.asarray(table[n]) for n in table.colnames})
     meta = {b"jaxlasp.units": json.dumps(units).encode(),
+            b"jaxlasp.descriptions": json.dumps(descriptions).encode(),
             b"jaxlasp.meta": json.dumps(dict(table.meta)).encode()}
     pq.write_table(arrow.replace_schema_metadata(meta), path)
 
@@ -110,4 +150,6 @@ def _read_parquet(path):
                   meta=json.loads(meta.get(b"jaxlasp.meta", b"{}")))
     for name, unit in json.loads(meta.get(b"jaxlasp.units", b"{}")).items():
         table[name].unit = unit
+    for name, description in json.loads(meta.get(b"jaxlasp.descriptions", b"{}")).items():
+        table[name].description = description
     return table

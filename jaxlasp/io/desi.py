@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxlasp.grids import LogGrid, window_pixels
-from jaxlasp.io._fits import read_hdus
+from jaxlasp.io._fits import FitsFile, as_fits
 from jaxlasp.io.arrays import (
     band, flux_normaliser, good_pixels, lattice_grid, overlapping_bits, pixel_edges, rebin)
 from jaxlasp.io.lamost import (
@@ -47,22 +47,26 @@ def desi_ids(fibermap: dict[str, np.ndarray]) -> list[str]:
     return [f"{t}-{tag}" for t, tag in zip(targets, tags)]
 
 
-def read_desi(path, window: tuple[float, float] | None = DEFAULT_WINDOW) -> list[Spectrum]:
+def read_desi(source, window: tuple[float, float] | None = DEFAULT_WINDOW) -> list[Spectrum]:
     """Every spectrum of a DESI coadd or spectra file, on the LAMOST lattice, in FIBERMAP order.
 
-    window: [Å] to truncate to (None: everything the cameras cover). Each spectrum's ``median`` is
-    max(median of its valid pixels in the window, 1) and ``andmask`` holds the OR of the mask
-    bits where masking left a pixel without data. A spectrum without valid data in the window is
-    returned (flagged ``FEW_GOOD_PIXELS``), not refused, so that one bad fibre does not lose the
-    file. Raises SpectrumFileError (naming the file) for an unreadable file, missing or
-    inconsistent HDUs, or cameras that do not cover the window.
+    source: the file's path, or the file already open (a ``FitsFile`` of ``jaxlasp.io._fits``);
+    only FIBERMAP's TARGETID (and EXPID) and the cameras' WAVELENGTH, FLUX, IVAR and MASK are
+    read. window: [Å] to truncate to (None: everything the cameras cover). Each spectrum's
+    ``median`` is max(median of its valid pixels in the window, 1) and ``andmask`` holds the OR
+    of the mask bits where masking left a pixel without data. A spectrum without valid data in
+    the window is returned (flagged ``FEW_GOOD_PIXELS``), not refused, so that one bad fibre
+    does not lose the file. Raises SpectrumFileError (naming the file) for an unreadable file,
+    missing or inconsistent HDUs, or cameras that do not cover the window.
     """
-    hdus = {h.name: h.data for h in read_hdus(path, SpectrumFileError)}
-    ids = _ids(hdus, path)
-    arms = [_camera(hdus, cam, len(ids), path) for cam in desi_cameras(hdus)]
+    with as_fits(source, SpectrumFileError) as file:
+        path = file.path
+        index = {name: i for i, name in enumerate(file.names)}  # a repeated name: its last HDU
+        ids = _ids(file, index)
+        arms = [_camera(file, index, cam, len(ids)) for cam in desi_cameras(index)]
     if not arms:
         raise SpectrumFileError(f"{path}: no DESI camera HDUs (X_WAVELENGTH with X_FLUX); HDUs "
-                                f"found: {sorted(hdus)}")
+                                f"found: {sorted(index)}")
     grid = _output_grid([edges for edges, *_ in arms], window, path)
     flux, ivar, andmask = join_cameras(arms, grid)
     return [windowed_spectrum(id_, grid, flux[i].astype(np.float32), ivar[i].astype(np.float32),
@@ -90,30 +94,35 @@ def join_cameras(arms, grid: LogGrid) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return flux, total, andmask
 
 
-def _ids(hdus: dict, path) -> list[str]:
+def _ids(file: FitsFile, index: dict[str, int]) -> list[str]:
     """The spectrum ids from the FIBERMAP table (SpectrumFileError when it is missing)."""
-    fibermap = hdus.get("FIBERMAP")
-    if not isinstance(fibermap, dict) or "TARGETID" not in fibermap:
-        raise SpectrumFileError(f"{path}: no FIBERMAP table with a TARGETID column; HDUs found: "
-                                f"{sorted(hdus)}")
-    return desi_ids(fibermap)
+    fibermap = index.get("FIBERMAP")
+    if (fibermap is None or not file.is_table(fibermap)
+            or "TARGETID" not in file.column_names(fibermap)):
+        raise SpectrumFileError(f"{file.path}: no FIBERMAP table with a TARGETID column; HDUs "
+                                f"found: {sorted(index)}")
+    return desi_ids(file.columns(fibermap, ("TARGETID", "EXPID")))
 
 
-def _camera(hdus: dict, cam: str, nspec: int, path):
-    """(air edges (nwave+1,), flux, ivar, mask (nspec, nwave)) of one camera, checked."""
-    wave = hdus[f"{cam}_WAVELENGTH"]
-    flux, ivar = hdus[f"{cam}_FLUX"], hdus.get(f"{cam}_IVAR")
-    mask = hdus.get(f"{cam}_MASK")
-    if not isinstance(wave, np.ndarray) or wave.ndim != 1 or wave.size < 2 or not np.all(
-            np.diff(wave) > 0):
-        raise SpectrumFileError(f"{path}: {cam}_WAVELENGTH is not an increasing 1-D array")
+def _camera(file: FitsFile, index: dict[str, int], cam: str, nspec: int):
+    """(air edges (nwave+1,), flux, ivar, mask (nspec, nwave)) of one camera, checked.
+
+    An absent X_MASK means no pixel is masked; X_IVAR and a present X_MASK must be images.
+    """
+    def image(kind):
+        return file.image(index[f"{cam}_{kind}"]) if f"{cam}_{kind}" in index else None
+
+    wave, flux, ivar = image("WAVELENGTH"), image("FLUX"), image("IVAR")
+    if wave is None or wave.ndim != 1 or wave.size < 2 or not np.all(np.diff(wave) > 0):
+        raise SpectrumFileError(f"{file.path}: {cam}_WAVELENGTH is not an increasing 1-D array")
     shape = (nspec, wave.size)
-    mask = np.zeros(shape, np.uint32) if mask is None else mask
+    mask = image("MASK") if f"{cam}_MASK" in index else np.zeros(shape, np.uint32)
     for name, array in (("FLUX", flux), ("IVAR", ivar), ("MASK", mask)):
-        if not isinstance(array, np.ndarray) or np.shape(array) != shape:
-            found = np.shape(array) if isinstance(array, np.ndarray) else "missing"
-            raise SpectrumFileError(f"{path}: {cam}_{name} should be an image of shape {shape} "
-                                    f"(FIBERMAP rows × {cam}_WAVELENGTH pixels), found {found}")
+        if array is None or array.shape != shape:
+            found = "missing" if array is None else array.shape
+            raise SpectrumFileError(f"{file.path}: {cam}_{name} should be an image of shape "
+                                    f"{shape} (FIBERMAP rows × {cam}_WAVELENGTH pixels), found "
+                                    f"{found}")
     edges = pixel_edges(wave) * np.exp(-VACUUM_LN_SHIFT)
     return edges, flux.astype(np.float64), ivar.astype(np.float64), mask
 

@@ -18,13 +18,14 @@ Flags (bit values of ``Spectrum.flags``, computed on the spectrum's own pixels):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from jaxlasp.grids import LinearGrid, LogGrid, log_grid_inside, window_pixels
-from jaxlasp.io._fits import read_hdus
+from jaxlasp.io._fits import FitsFile, as_fits
 
 NONFINITE_FLUX = 1
 """Flag: some flux value was not finite (or had no unmasked data) and has been replaced."""
@@ -83,18 +84,21 @@ LamostSpectrum = Spectrum
 """The spectrum type's original name, kept for existing code."""
 
 
-def read_lamost(path, window: tuple[float, float] = DEFAULT_WINDOW) -> Spectrum:
+def read_lamost(source, window: tuple[float, float] = DEFAULT_WINDOW) -> Spectrum:
     """Read a LAMOST low-resolution FITS file and truncate it to ``window`` [Å] (§c.1–§c.6).
 
-    The wavelength solution comes from the header (air wavelengths, §c.4). The median normaliser
-    is taken over the whole file before truncation. Non-finite flux and ivar values are replaced
-    by ``fill_nonfinite``. Raises SpectrumFileError (naming the file) for an unreadable file, a
-    missing flux table/column or wavelength header, a spectrum not covering the window, or a
-    window without any finite flux.
+    source: the file's path, or the file already open (a ``FitsFile`` of ``jaxlasp.io._fits``).
+    Only FLUX, IVAR and ANDMASK (or the internal layout's image) and the wavelength keywords are
+    read. The wavelength solution comes from the header (air wavelengths, §c.4). The median
+    normaliser is taken over the whole file before truncation. Non-finite flux and ivar values
+    are replaced by ``fill_nonfinite``. Raises SpectrumFileError (naming the file) for an
+    unreadable file, a missing flux table/column or wavelength header, a spectrum not covering
+    the window, or a window without any finite flux.
     """
-    hdus = read_hdus(path, SpectrumFileError)
-    flux, ivar, andmask = _read_arrays(hdus, path)
-    grid = _log_grid(hdus[0].header, flux.size, path)
+    with as_fits(source, SpectrumFileError) as file:
+        path = file.path
+        flux, ivar, andmask = _read_arrays(file)
+        grid = _log_grid(file.headers[0], flux.size, path)
     check_covers(grid, window, path)
     first, last = window_pixels(grid, *window)
     if not np.isfinite(flux[first:last + 1]).any():
@@ -165,6 +169,8 @@ def fill_nonfinite(values: np.ndarray) -> np.ndarray:
     out = np.array(values, copy=True)
     for shift in (1, -1):
         bad = np.flatnonzero(~np.isfinite(out))
+        if not bad.size:
+            return out
         out[bad] = out[np.clip(bad + shift, 0, out.size - 1)]
     out[~np.isfinite(out)] = 0
     return out
@@ -178,36 +184,41 @@ def _spectrum(id_, grid, flux, ivar, andmask, median, finite) -> Spectrum:
     return Spectrum(id_, grid, flux, ivar, andmask, median, finite, flags)
 
 
-def _read_arrays(hdus, path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_arrays(file: FitsFile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(flux float32, ivar float32, andmask int32) of the whole file, public or internal layout.
 
-    A missing IVAR column gives ivar ≡ 1 (PyLASP's err ≡ 1) and a missing ANDMASK gives 0.
+    Public: the first binary table named COADD, row 0 of its FLUX, IVAR and ANDMASK columns.
+    Internal: rows 0, 1 and 3 of a 2-D image in HDU0. A missing IVAR column gives ivar ≡ 1
+    (PyLASP's err ≡ 1) and a missing ANDMASK gives 0.
     """
-    table = next((h.data for h in hdus if h.name == "COADD" and isinstance(h.data, dict)), None)
-    image = hdus[0].data
-    if table is not None:
-        if "FLUX" not in table:
-            raise SpectrumFileError(f"{path}: the COADD table has no FLUX column "
-                                    f"(columns: {sorted(table)})")
-        rows = {k: np.atleast_2d(v)[0] for k, v in table.items()}
+    coadd = next((i for i, name in enumerate(file.names)
+                  if name == "COADD" and file.is_table(i)), None)
+    if coadd is not None:
+        names = file.column_names(coadd)
+        if "FLUX" not in names:
+            raise SpectrumFileError(f"{file.path}: the COADD table has no FLUX column "
+                                    f"(columns: {sorted(names)})")
+        rows = {k: np.atleast_2d(v)[0]
+                for k, v in file.columns(coadd, ("FLUX", "IVAR", "ANDMASK")).items()}
         flux = rows["FLUX"]
         ivar, andmask = rows.get("IVAR"), rows.get("ANDMASK")
-    elif isinstance(image, np.ndarray) and image.ndim == 2 and image.shape[0] >= 2:
+    else:
+        image = file.image(0)
+        if image is None or image.ndim != 2 or image.shape[0] < 2:
+            raise SpectrumFileError(
+                f"{file.path}: no 'COADD' table with a FLUX column (public layout) and no flux "
+                f"image in HDU0 (internal layout); HDUs found: {list(file.names)}"
+            )
         flux, ivar = image[0], image[1]
         andmask = image[3] if image.shape[0] > 3 else None
-    else:
-        raise SpectrumFileError(
-            f"{path}: no 'COADD' table with a FLUX column (public layout) and no flux image in "
-            f"HDU0 (internal layout); HDUs found: {[h.name for h in hdus]}"
-        )
     ivar = np.ones_like(flux) if ivar is None else ivar
     andmask = np.zeros(flux.shape) if andmask is None else andmask
     return (flux.astype(np.float32), ivar.astype(np.float32),
             np.nan_to_num(andmask).astype(np.int32))
 
 
-def _log_grid(header: dict, n: int, path) -> LogGrid:
-    """The air ln-λ grid of the file's n pixels from its header (§c.4)."""
+def _log_grid(header: Mapping, n: int, path) -> LogGrid:
+    """The air ln-λ grid of the file's n pixels from its HDU0 header keywords (§c.4)."""
     start, step = header.get("CRVAL1"), header.get("CD1_1", header.get("CDELT1"))
     if not isinstance(start, (int, float)) or not isinstance(step, (int, float)) or step <= 0:
         raise SpectrumFileError(

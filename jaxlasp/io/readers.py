@@ -4,9 +4,14 @@
 (a LAMOST file holds one spectrum, a DESI file many), all on air ln-λ grids truncated to the
 window, ready for ``cut_to_grid``. A new survey plugs in with ``register_reader(name, reader,
 sniff)``, without touching the pipeline: ``reader(path, window)`` returns a list of Spectrum and
-``sniff(probe)`` says, from a ``FileProbe`` (the file's HDU names and header keywords, read
-without the data), whether the reader takes the file. Readers registered later are asked first,
-so a plug-in can claim a layout that a built-in reader would also accept.
+``sniff(probe)`` says, from a ``FileProbe`` (the file's HDU names, and header keywords read when
+the sniffer asks for them), whether the reader takes the file. Readers registered later are
+asked first, so a plug-in can claim a layout that a built-in reader would also accept.
+
+The file is opened once: detection and the built-in readers (registered with ``takes_file``)
+share the open file, reading only the keywords, columns and HDUs they use. FITS files are read
+by fitsio when it is installed, else by astropy; ``set_fits_backend`` or the environment variable
+JAXLASP_FITS_BACKEND=fitsio|astropy chooses (``jaxlasp.io._fits``).
 
 Built in:
 
@@ -18,19 +23,18 @@ Built in:
 """
 from __future__ import annotations
 
-import gzip
-import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from jaxlasp.io._fits import _keywords
+from jaxlasp.io._fits import FitsFile, fits_backend, open_fits, set_fits_backend
 from jaxlasp.io.desi import is_desi, read_desi
 from jaxlasp.io.lamost import DEFAULT_WINDOW, Spectrum, SpectrumFileError, read_lamost
 
-FITS_START = b"SIMPLE  ="
-"""The first bytes of every FITS file (of its decompressed content for .gz)."""
-GZIP_MAGIC = b"\x1f\x8b"
+__all__ = ["FileProbe", "Reader", "fits_backend", "get_reader", "is_lamost", "open_probe",
+           "probe_file", "read_spectra", "reader_for", "register_reader", "set_fits_backend"]
 
 
 @dataclass(frozen=True)
@@ -39,36 +43,43 @@ class FileProbe:
 
     path: the file. is_fits: whether it starts like a FITS file (after gunzip for .gz).
     names: the HDU names (EXTNAME, 'PRIMARY' for HDU0), () when not FITS.
-    headers: each HDU's keyword → value dict (no COMMENT/HISTORY), () when not FITS.
+    headers: each HDU's keyword → value mapping (no COMMENT/HISTORY), () when not FITS; a probe
+        from ``open_probe`` reads a keyword from the file only when it is asked for.
+    file: the open file (``open_probe``), None when not FITS or detached (``probe_file``).
     """
 
     path: Path
     is_fits: bool
     names: tuple[str, ...] = ()
-    headers: tuple[dict, ...] = ()
+    headers: Sequence[Mapping] = ()
+    file: FitsFile | None = None
 
 
 @dataclass(frozen=True)
 class Reader:
-    """A registered reader: ``read(path, window)`` → list of Spectrum; ``sniff(probe)`` → bool."""
+    """A registered reader: ``read(path, window)`` → list of Spectrum; ``sniff(probe)`` → bool;
+    takes_file: ``read`` also accepts the open ``FitsFile`` in place of the path."""
 
     name: str
     read: Callable[[Path, tuple[float, float]], list[Spectrum]]
     sniff: Callable[[FileProbe], bool]
+    takes_file: bool = False
 
 
 _READERS: dict[str, Reader] = {}
 """Registered readers by name, in registration order (asked newest first)."""
 
 
-def register_reader(name: str, reader: Callable, sniff: Callable[[FileProbe], bool]) -> Reader:
+def register_reader(name: str, reader: Callable, sniff: Callable[[FileProbe], bool], *,
+                    takes_file: bool = False) -> Reader:
     """Register (or replace) the reader ``name``; it is asked before those registered earlier.
 
     reader(path, window) returns the file's spectra as a list of ``Spectrum`` (window: (lo, hi)
     Å) and raises SpectrumFileError for a file it cannot read. sniff(probe) returns True when the
-    reader takes the file described by a ``FileProbe``.
+    reader takes the file described by a ``FileProbe``. takes_file: the reader also accepts, in
+    place of the path, the FITS file detection opened (``probe.file``), and is given it.
     """
-    entry = Reader(name, reader, sniff)
+    entry = Reader(name, reader, sniff, takes_file)
     _READERS.pop(name, None)
     _READERS[name] = entry
     return entry
@@ -83,30 +94,30 @@ def get_reader(name: str) -> Reader:
                          f"{', '.join(_READERS)}") from None
 
 
-def probe_file(path) -> FileProbe:
-    """The ``FileProbe`` of ``path``: HDU names and headers read without the data.
+@contextmanager
+def open_probe(path) -> Iterator[FileProbe]:
+    """The ``FileProbe`` of ``path`` with the file open for the context: names at once, header
+    keywords read when asked for, ``probe.file`` for the readers.
 
     Raises FileNotFoundError for a missing file and SpectrumFileError (naming the file) for one
-    that starts like FITS but whose headers cannot be read.
+    that starts like FITS (or is gzip) but cannot be read.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if not _starts_like_fits(path):
-        return FileProbe(path, False)
-    from astropy.io import fits
-    from astropy.utils.exceptions import AstropyUserWarning
+    with open_fits(path, SpectrumFileError) as file:
+        if file is None:
+            yield FileProbe(Path(path), False)
+        else:
+            yield FileProbe(file.path, True, file.names, file.headers, file)
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", AstropyUserWarning)
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-                hdus = [(h.name, _keywords(h.header)) for h in hdul]
-    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError,
-            AstropyUserWarning) as exc:
-        raise SpectrumFileError(f"{path}: not a readable FITS file ({type(exc).__name__}: "
-                                f"{exc})") from exc
-    return FileProbe(path, True, tuple(n for n, _ in hdus), tuple(h for _, h in hdus))
+
+def probe_file(path) -> FileProbe:
+    """The ``FileProbe`` of ``path``, detached from the file: every header keyword read.
+
+    Raises as ``open_probe``; ``reader_for`` and ``read_spectra`` use ``open_probe``, which reads
+    only the keywords the sniffers ask for.
+    """
+    with open_probe(path) as probe:
+        return FileProbe(probe.path, probe.is_fits, probe.names,
+                         tuple(dict(header) for header in probe.headers))
 
 
 def reader_for(path) -> Reader:
@@ -115,54 +126,57 @@ def reader_for(path) -> Reader:
     Raises SpectrumFileError, naming the file, when no reader recognises it (saying whether it
     is a FITS file at all and which HDUs it has), and FileNotFoundError when it does not exist.
     """
-    probe = probe_file(path)
-    for reader in reversed(list(_READERS.values())):
-        if reader.sniff(probe):
-            return reader
-    known = ", ".join(_READERS)
-    if not probe.is_fits:
-        raise SpectrumFileError(f"{path}: not a FITS file (it does not start with a FITS "
-                                f"header) and no registered reader ({known}) recognises it")
-    raise SpectrumFileError(f"{path}: no registered reader ({known}) recognises this FITS file "
-                            f"(HDUs: {list(probe.names)})")
+    with open_probe(path) as probe:
+        return _recognise(probe)
 
 
 def read_spectra(path, format: str = "auto",
                  window: tuple[float, float] = DEFAULT_WINDOW) -> list[Spectrum]:
     """The spectra in the file at ``path``, truncated to ``window`` [Å].
 
-    format: a registered reader's name, or "auto" to recognise the file (``reader_for``).
-    Raises SpectrumFileError (naming the file) for a file that cannot be read.
+    format: a registered reader's name, or "auto" to recognise the file (``reader_for``). The
+    file is opened once, for detection and reading together. Raises SpectrumFileError (naming
+    the file) for a file that cannot be read.
     """
-    reader = reader_for(path) if format == "auto" else get_reader(format)
-    return reader.read(Path(path), tuple(window))
+    window = tuple(window)
+    if format != "auto" and not get_reader(format).takes_file:
+        return get_reader(format).read(Path(path), window)
+    with open_probe(path) as probe:
+        reader = _recognise(probe) if format == "auto" else get_reader(format)
+        if reader.takes_file and probe.file is not None:
+            return reader.read(probe.file, window)
+        return reader.read(Path(path), window)
+
+
+def _recognise(probe: FileProbe) -> Reader:
+    """The newest registered reader whose sniffer takes the probed file (SpectrumFileError if
+    none does)."""
+    for reader in reversed(list(_READERS.values())):
+        if reader.sniff(probe):
+            return reader
+    known = ", ".join(_READERS)
+    if not probe.is_fits:
+        raise SpectrumFileError(f"{probe.path}: not a FITS file (it does not start with a FITS "
+                                f"header) and no registered reader ({known}) recognises it")
+    raise SpectrumFileError(f"{probe.path}: no registered reader ({known}) recognises this FITS "
+                            f"file (HDUs: {list(probe.names)})")
 
 
 def is_lamost(probe: FileProbe) -> bool:
     """Whether a probed file looks like a LAMOST low-resolution spectrum (public or internal)."""
     if not probe.headers:
         return False
+    if "COADD" in probe.names:
+        return True
     primary = probe.headers[0]
     telescope = str(primary.get("TELESCOP", "")).strip().upper()
-    return ("COADD" in probe.names or telescope.startswith("LAMOST")
-            or (primary.get("NAXIS") == 2 and "DC-FLAG" in primary))
+    return telescope.startswith("LAMOST") or (primary.get("NAXIS") == 2 and "DC-FLAG" in primary)
 
 
-def _read_lamost_file(path, window) -> list[Spectrum]:
+def _read_lamost_file(source, window) -> list[Spectrum]:
     """``read_lamost`` as a registry reader (one spectrum per file)."""
-    return [read_lamost(path, window)]
+    return [read_lamost(source, window)]
 
 
-def _starts_like_fits(path: Path) -> bool:
-    """Whether the file (gunzipped when it is gzip) starts with a FITS primary header card."""
-    with open(path, "rb") as raw:
-        compressed = raw.read(2) == GZIP_MAGIC
-    try:
-        with (gzip.open if compressed else open)(path, "rb") as stream:
-            return stream.read(len(FITS_START)) == FITS_START
-    except (OSError, EOFError):
-        return False
-
-
-register_reader("lamost", _read_lamost_file, is_lamost)
-register_reader("desi", read_desi, lambda probe: is_desi(probe.names))
+register_reader("lamost", _read_lamost_file, is_lamost, takes_file=True)
+register_reader("desi", read_desi, lambda probe: is_desi(probe.names), takes_file=True)

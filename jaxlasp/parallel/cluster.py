@@ -31,11 +31,14 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from jaxlasp.api import empty_columns, make_table
+from jaxlasp.compile_cache import cache_as_configured
 from jaxlasp.io.catalog import write_catalog
 from jaxlasp.io.lamost import file_stem
+from jaxlasp.io.lock import catalog_lock
 from jaxlasp.pipeline import (
-    FitOptions, Progress, Summary, check_run, expand_inputs, finish_catalog, fit_paths,
-    load_done, normalise, parts_folder, prepare_model)
+    FitOptions, Progress, Summary, check_found, check_fresh, check_options, check_same_options,
+    expand_inputs, finish_catalog, fit_paths, input_key, load_done, normalise, parts_folder,
+    prepare_model, run_options)
 
 log = logging.getLogger("jaxlasp")
 
@@ -66,7 +69,9 @@ def chunk_part_name(paths, output) -> str:
 
 @lru_cache(maxsize=4)
 def _worker_model(model: str, options: FitOptions):
-    """The forward model on the worker, built once per (model, options) per process."""
+    """The forward model on the worker, built once per (model, options) per process (with the
+    persistent compilation cache unless $JAXLASP_COMPILE_CACHE turns it off)."""
+    cache_as_configured()
     return prepare_model(model, options)
 
 
@@ -95,6 +100,7 @@ def fit_chunk(paths: list[str], model, options: FitOptions, part: str,
     table = (vstack(tables, metadata_conflicts="silent") if tables
              else normalise(make_table([], empty_columns(0), [])))
     table.meta["complete_paths"] = list(paths)
+    table.meta["options"] = run_options(options, model)
     write_catalog(table, part)
     failed = int(np.count_nonzero(~np.asarray(table["converged"], bool)))
     return ChunkReport(part, len(paths), len(table), failed, time.perf_counter() - t0,
@@ -142,31 +148,35 @@ def run_cluster(inputs, model, output, options: FitOptions = FitOptions(), *, cl
     """
     t0 = time.perf_counter()
     output = Path(output).absolute()
-    check_run(output, options, resume)
+    check_options(output, options)
     if chunk_files < 1:
         raise ValueError(f"chunk size must be ≥ 1 file, not {chunk_files}")
-    prepare_model(model, options)  # bad model or start: ValueError here, not on every worker
-    paths = [str(p.absolute()) for p in expand_inputs(inputs)]  # workers' cwd may differ
-    _, complete, keys = load_done(output) if resume else ([], set(), set())
-    todo = [p for p in paths if p not in complete]
-    chunks = [todo[k:k + chunk_files] for k in range(0, len(todo), chunk_files)]
-    folder = parts_folder(output)
-    folder.mkdir(exist_ok=True)
-    fitted = 0
-    if chunks:
-        own_client = client is None
-        client = client or connect(scheduler, workers)
-        try:
-            fitted = _run_chunks(client, chunks, model, options, output, keys, retries, quiet,
-                                 on_chunk)
-        finally:
-            if own_client:
-                cluster = client.cluster
-                client.close()
-                if cluster is not None:
-                    cluster.close()
-    tables, _, _ = load_done(output)
-    return finish_catalog(output, tables, paths, fitted, t0)
+    with catalog_lock(output):
+        check_fresh(output, resume)
+        paths = [str(p.absolute()) for p in expand_inputs(inputs)]  # workers' cwd may differ
+        check_found(paths, inputs)
+        prepare_model(model, options)  # bad model or start: ValueError here, not on each worker
+        stamp = run_options(options, model)
+        done, complete, keys = load_done(output) if resume else ([], set(), set())
+        check_same_options(done, stamp, output)
+        todo = [p for p in paths if input_key(p) not in complete]
+        chunks = [todo[k:k + chunk_files] for k in range(0, len(todo), chunk_files)]
+        parts_folder(output).mkdir(exist_ok=True)
+        fitted = 0
+        if chunks:
+            own_client = client is None
+            client = client or connect(scheduler, workers)
+            try:
+                fitted = _run_chunks(client, chunks, model, options, output, keys, retries,
+                                     quiet, on_chunk)
+            finally:
+                if own_client:
+                    cluster = client.cluster
+                    client.close()
+                    if cluster is not None:
+                        cluster.close()
+        tables, _, _ = load_done(output)
+        return finish_catalog(output, tables, paths, fitted, t0, stamp)
 
 
 def _run_chunks(client, chunks, model, options, output: Path, keys, retries: int, quiet: bool,
@@ -185,7 +195,7 @@ def _run_chunks(client, chunks, model, options, output: Path, keys, retries: int
     futures = {}
     for chunk in chunks:
         name = chunk_part_name(chunk, output)
-        members = set(chunk)
+        members = {input_key(p) for p in chunk}
         skip = frozenset(k for k in keys if k[0] in members)
         future = client.submit(fit_chunk, chunk, model, options, str(folder / name), skip,
                                key=f"jaxlasp-{Path(name).stem}", retries=retries, pure=False)

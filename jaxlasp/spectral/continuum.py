@@ -185,3 +185,73 @@ def polynomial_tangents(fit: PolynomialFit, model, tangents, flux, weights,
     weighted_square = weights * model * model
     dcoefs = dcoefs + ((forcing - weighted_square * (dcoefs @ basis.T)) @ basis) @ inverse
     return dcoefs @ basis.T
+
+
+class CombinedFit(NamedTuple):
+    """Multiplicative and additive Legendre polynomials fitted together (ULySS's MDEGREE and
+    ADEGREE): model = c·p + q with p = Σ_k a_k P_k, q = Σ_j b_j P_j."""
+
+    coefs: jax.Array       # (D+1,) multiplicative coefficients a
+    polynomial: jax.Array  # (n,) p
+    additive: jax.Array    # (n,) q
+    solution: jax.Array    # (D+1+A+1,) all coefficients (a, b)
+    low: jax.Array         # Cholesky factor of the unit-diagonal normal matrix
+    scale: jax.Array       # square roots of the normal matrix's diagonal
+
+
+def combined_fit(model, flux, weights, basis, additive_basis) -> CombinedFit:
+    """Coefficients (a, b) minimising Σ_i weights_i·(flux_i − model_i·p_i − q_i)².
+
+    basis: (n, D+1) multiplicative Legendre basis; additive_basis: (n, A+1). The design matrix
+    [c·P | P_add] is formed explicitly (n·(D+A+2)² operations; the moment trick of
+    ``polynomial_fit`` holds for the multiplicative block only); the normal equations are scaled
+    to unit diagonal, solved by Cholesky and refined by one step, as in ``polynomial_fit``.
+    """
+    design = jnp.concatenate([model[:, None] * basis, additive_basis], axis=1)
+    weighted = design * weights[:, None]
+    normal = design.T @ weighted
+    scale = jnp.sqrt(jnp.diagonal(normal))
+    low = cholesky_lower(normal / scale[:, None] / scale[None, :])
+
+    def solve(target):
+        return cholesky_solve(low, (weighted.T @ target) / scale) / scale
+
+    coefs = solve(flux)
+    coefs = coefs + solve(flux - design @ coefs)
+    m = basis.shape[1]
+    return CombinedFit(coefs[:m], basis @ coefs[:m], additive_basis @ coefs[m:], coefs, low, scale)
+
+
+def combined_tangents(fit: CombinedFit, model, tangents, flux, weights, basis, additive_basis):
+    """Derivatives (k, n) of the fitted model c·p + q along the tangents ``tangents`` (k, n) of c.
+
+    With design D = [c·P | A] and normal matrix N = Dᵀ W D, differentiating N x = Dᵀ W f along
+    dc gives N dx = dDᵀ W e − Dᵀ W (dc·p), e = f − D x, dD = [dc·P | 0]; the model moves by
+    dc·p + D dx. Products with N⁻¹ from the fit's Cholesky factor, one refinement step (as
+    ``polynomial_tangents``), instead of differentiating the factorisation.
+    """
+    design = jnp.concatenate([model[:, None] * basis, additive_basis], axis=1)
+    root = triangular_inverse(fit.low)
+    inverse = (root.T @ root) / fit.scale[:, None] / fit.scale[None, :]
+    moved = tangents * fit.polynomial                                   # dc·p, (k, n)
+    residual = weights * (flux - design @ fit.solution)
+    top = (tangents * residual) @ basis                                 # dDᵀ W e, (k, D+1)
+    rhs = jnp.concatenate([top, jnp.zeros((top.shape[0], additive_basis.shape[1]), top.dtype)],
+                          axis=1) - (moved * weights) @ design
+    dx = rhs @ inverse
+    dx = dx + (rhs - ((dx @ design.T) * weights) @ design) @ inverse
+    return moved + dx @ design.T
+
+
+def segment_basis(n: int, ranges, degrees) -> np.ndarray:
+    """Block Legendre basis (n, Σ(d_s+1)): segment s (pixels ``ranges[s]`` = (first, stop))
+    gets P_0..P_{d_s} at PyLASP's nodes over its own pixels (``legendre_nodes``), 0 elsewhere.
+    A degree of −1 gives the segment no columns."""
+    columns = []
+    for (first, stop), degree in zip(ranges, degrees):
+        if degree < 0:
+            continue
+        block = np.zeros((n, degree + 1))
+        block[first:stop] = legendre_basis(stop - first, degree)
+        columns.append(block)
+    return np.concatenate(columns, axis=1) if columns else np.zeros((n, 0))
