@@ -1,8 +1,10 @@
 """The ``jaxlasp`` command: fit, demo, plot, info, spectrum.
 
 Exit codes: 0 success; 2 bad arguments or input (unreadable model, start outside the domain,
-unwritable output, …); 3 the catalog is complete but some spectra could not be fitted (see their
-``flags``/``reason``); 130 interrupted (finished groups are kept: rerun with ``--resume``).
+unwritable output, no spectrum files, catalog locked by another run, …); 3 the catalog is
+complete but some spectra could not be fitted (see their ``flags``/``reason``); 4 writing the
+catalog failed mid-run (disk full, I/O error: finished groups are kept, rerun with ``--resume``);
+130 interrupted (finished groups are kept: rerun with ``--resume``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ log = logging.getLogger("jaxlasp")
 
 DEMO = "demo"
 """``--model demo`` selects the embedded, synthetic demo model."""
-EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 
 class UsageError(ValueError):
@@ -44,6 +46,39 @@ def _start(text: str):
     return text if text == "global" else _floats(3, "--start")(text)
 
 
+def _int_at_least(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{what}: expected an integer ≥ {low}, got {text!r}")
+        return value
+    return parse
+
+
+def _intervals(what: str, files: bool = False):
+    """LO-HI[,LO-HI…] [Å], or (``files``) a file of such intervals."""
+    def parse(text: str):
+        from jaxlasp.spectral.masks import intervals_from, parse_intervals
+
+        try:
+            return intervals_from(text) if files else parse_intervals(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{what}: {err}") from None
+    return parse
+
+
+def fit_window_of(args) -> tuple[float, float]:
+    """The window of --window or --segments (UsageError for both)."""
+    from jaxlasp.spectral.masks import fit_window
+
+    if args.segments and args.window is not None:
+        raise UsageError("give --window or --segments, not both (the segments set the window)")
+    return fit_window(args.window, args.segments)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug messages")
@@ -55,6 +90,13 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
                              "embedded demo model (default: $JAXLASP_MODEL)")
 
 
+def _compile_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not keep compiled programs between runs (default: kept in "
+                             "$JAXLASP_CACHE_DIR or ~/.cache/jaxlasp/xla, so a second run "
+                             "starts in seconds; JAXLASP_COMPILE_CACHE=0 also turns it off)")
+
+
 def _fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("lm", "adam", "curvefit"), default="lm",
                         help="optimiser: Levenberg–Marquardt (default), Adam, or curvefit "
@@ -64,8 +106,23 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
                         help="'global' (default): scan a grid of models and fit from the best "
                              "candidates; or a fixed start Teff [K], log g, [Fe/H] such as "
                              "PyLASP's 7500,3.5,-0.5")
-    parser.add_argument("--window", type=_floats(2, "--window"), default=(4200.0, 5700.0),
+    parser.add_argument("--window", type=_floats(2, "--window"), default=None,
                         metavar="LO,HI", help="wavelength window [Å] (default 4200,5700)")
+    parser.add_argument("--segments", type=_intervals("--segments"), default=(),
+                        metavar="LO-HI,LO-HI[,...]",
+                        help="disjoint windows [Å] fitted jointly (shared RV, Teff, log g, "
+                             "[Fe/H]), each with its own polynomials; instead of --window")
+    parser.add_argument("--mask", type=_intervals("--mask", files=True), default=(),
+                        metavar="LO-HI[,LO-HI...]|FILE",
+                        help="wavelength intervals [Å] left out of the fit (pixels whose centre "
+                             "lies inside), or a file of them: two columns lo hi, one interval "
+                             "a line, '#' comments")
+    parser.add_argument("--mdegree", type=_int_at_least(0, "--mdegree"), default=50, metavar="N",
+                        help="degree of the multiplicative Legendre polynomial (default 50, "
+                             "PyLASP's)")
+    parser.add_argument("--adegree", type=_int_at_least(-1, "--adegree"), default=-1, metavar="N",
+                        help="degree of an additive Legendre polynomial fitted with it (default "
+                             "-1: none, PyLASP; 0: a constant, e.g. scattered light)")
     parser.add_argument("--weighting", choices=("none", "ivar"), default="none",
                         help="pixel weights: none (PyLASP) or ivar (IVAR and ANDMASK)")
     parser.add_argument("--errors", choices=("profile", "laplace"), default="profile",
@@ -106,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fit on a local Dask cluster of N worker processes")
     fit.add_argument("--chunk-files", type=int, default=512, metavar="N",
                      help="files per cluster task and part file (default 512)")
+    fit.add_argument("--readers", type=int, default=None, metavar="N",
+                     help="workers reading files ahead of the fit (default: 1 thread on the "
+                          "CPU, all host cores but one as processes with a GPU)")
+    fit.add_argument("--reader-kind", choices=("auto", "thread", "process"), default="auto",
+                     help="readers as threads or processes (default auto: threads on the CPU)")
+    _compile_cache_option(fit)
     _common(fit)
 
     demo = sub.add_parser("demo", help="simulate spectra from the demo model, fit, compare")
@@ -114,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--output-dir", default="jaxlasp-demo",
                       help="folder for the catalog and plot (default ./jaxlasp-demo)")
+    _compile_cache_option(demo)
     _common(demo)
 
     plot = sub.add_parser("plot", help="plot the fit of one spectrum")
@@ -126,10 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="take the parameters from this catalog's row for the spectrum "
                            "instead of fitting")
     plot.add_argument("-o", "--output", default="fit.png", help="image file (default fit.png)")
+    _compile_cache_option(plot)
     _common(plot)
 
     info = sub.add_parser("info", help="describe a model: wavelength range, regimes, domain")
-    info.add_argument("model", nargs="?", default=os.environ.get("JAXLASP_MODEL") or DEMO,
+    info.add_argument("model", nargs="?", default=os.environ.get("JAXLASP_MODEL"),
                       metavar="MODEL", help="model file or 'demo' (default: $JAXLASP_MODEL, "
                                             "else demo)")
     _common(info)
@@ -140,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--logg", type=float, default=4.4, help="surface gravity log g [dex]")
     spectrum.add_argument("--feh", type=float, default=0.0, help="metallicity [Fe/H] [dex]")
     spectrum.add_argument("--rv", type=float, default=0.0, help="radial velocity [km/s]")
-    spectrum.add_argument("--sigma", type=float, default=1.0, help="broadening σ [pixels]")
+    spectrum.add_argument("--sigma", type=float, default=69.0,
+                          help="broadening σ [km/s], as the catalog's sigma (default 69 ≈ one "
+                               "LAMOST pixel)")
     spectrum.add_argument("--window", type=_floats(2, "--window"), default=(4200.0, 5700.0),
                           metavar="LO,HI", help="wavelength window [Å]")
     spectrum.add_argument("--full", action="store_true", help="print every pixel")
@@ -169,6 +236,15 @@ def load_model(name, required: bool = True):
         raise UsageError(str(err)) from err
 
 
+def model_source(name) -> tuple[str, str]:
+    """(model path or 'demo', description) without loading it; UsageError when there is none."""
+    if not name:
+        load_model(name)  # the "no model" message
+    if name == DEMO:
+        return DEMO, "embedded DEMO model (synthetic, not ELODIE)"
+    return str(name), f"model file {name}"
+
+
 def select_device(device: str | None) -> None:
     """Make JAX use the CPU or the GPU; UsageError when the GPU is asked for but absent."""
     if device is None:
@@ -182,14 +258,38 @@ def select_device(device: str | None) -> None:
         raise UsageError(f"--device {device}: no such device available ({err})") from err
 
 
-def configure_logging(args) -> None:
+def configure_compile_cache(args) -> None:
+    """Turn on JAX's persistent compilation cache (``jaxlasp.compile_cache``) for commands that
+    compile fits, unless --no-compile-cache (which also tells local Dask workers, through the
+    environment) or JAXLASP_COMPILE_CACHE=0 says not to."""
+    if not hasattr(args, "no_compile_cache"):
+        return
+    from jaxlasp import compile_cache
+
+    if args.no_compile_cache:
+        os.environ[compile_cache.SWITCH_ENV] = "0"
+    folder = compile_cache.cache_as_configured()
+    log.debug("compilation cache: %s", folder or "off")
+
+
+def configure_logging(args) -> tuple:
     """jaxlasp's messages to stderr at the level --quiet/--verbose choose (other libraries' loggers
-    are left alone)."""
+    are left alone). Returns the logger's previous (handlers, level, propagate) for
+    ``restore_logging``."""
+    previous = (log.handlers[:], log.level, log.propagate)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     log.propagate = False
+    return previous
+
+
+def restore_logging(previous: tuple) -> None:
+    """Put jaxlasp's logger back as it was before ``configure_logging`` (``main`` called from
+    Python must not leave its stderr handler behind)."""
+    log.handlers[:], level, log.propagate = previous
+    log.setLevel(level)
 
 
 def check_domain(emulator, teff, logg, feh, what: str) -> None:
@@ -211,30 +311,50 @@ def _raise_interrupted(signum, frame):
 # ---------------------------------------------------------------- commands
 
 def cmd_fit(args) -> int:
-    from jaxlasp.io.catalog import CatalogError
-    from jaxlasp.pipeline import FitOptions, run
+    from jaxlasp.io.catalog import CatalogError, CatalogWriteError
+    from jaxlasp.io.lock import CatalogLocked
+    from jaxlasp.pipeline import CatalogExists, FitOptions, run
 
     select_device(args.device)
-    emulator, source = load_model(args.model)
-    if not isinstance(args.start, str):
-        check_domain(emulator, *args.start, "--start")
+    model, source = model_source(args.model)  # loaded by the run, once it holds the catalog
     options = FitOptions(method=args.method, clean=args.clean, start=args.start,
-                         window=tuple(args.window), weighting=args.weighting,
+                         window=fit_window_of(args), segments=args.segments, mask=args.mask,
+                         mdegree=args.mdegree,
+                         adegree=args.adegree, weighting=args.weighting,
                          max_iter=args.max_iter, group_size=args.group_size,
-                         format=args.format, devices=args.devices, errors=args.errors)
+                         format=args.format, devices=args.devices, errors=args.errors,
+                         readers=args.readers, reader_kind=args.reader_kind)
     log.info("model: %s", source)
     try:
         if args.scheduler or args.dask_workers:
             summary = _fit_on_cluster(args, options)
         else:
-            summary = run(args.paths, emulator, args.output, options, resume=args.resume,
+            summary = run(args.paths, model, args.output, options, resume=args.resume,
                           quiet=args.quiet)
-    except (CatalogError, ValueError, OSError, ImportError) as err:
+    except CatalogWriteError as err:
+        log.error("%s; the groups finished so far are kept: make room and rerun the same command "
+                  "with --resume", err.strerror)
+        return EXIT_WRITE_FAILED
+    except CatalogExists as err:
+        raise UsageError(str(CatalogExists(err.output, "add --resume"))) from err
+    except (CatalogError, CatalogLocked, ValueError, OSError, ImportError) as err:
         raise UsageError(str(err)) from err
     log.info("%d rows written to %s (%d newly fitted in %.1f s); %d not fitted or not "
              "converged, of which %d unreadable", summary.rows, args.output, summary.fitted,
              summary.seconds, summary.failed, summary.unreadable)
+    if summary.stages:
+        log.info("timings: %s", stage_report(summary.stages))
     return EXIT_SOME_FAILED if summary.failed else 0
+
+
+def stage_report(stages: dict) -> str:
+    """'setup 2.1 s, first group 14.0 s; after it: read 0.3 s, …' from ``Summary.stages``."""
+    from jaxlasp.timing import describe
+
+    head = {k: stages[k] for k in ("setup", "first group") if k in stages}
+    rest = {k: v for k, v in stages.items() if k not in head}
+    return (describe(head) + " (compilation included)"
+            + (f"; after it: {describe(rest)}" if rest else ""))
 
 
 def _fit_on_cluster(args, options):
@@ -250,6 +370,9 @@ def _fit_on_cluster(args, options):
 def cmd_info(args) -> int:
     from jaxlasp.emulators.tgm import REGIMES
 
+    if not args.model:
+        log.warning("no model given (MODEL or $JAXLASP_MODEL): describing the embedded demo "
+                    "model, which is synthetic, not ELODIE")
     emulator, source = load_model(args.model, required=False)
     grid, domain = emulator.grid, emulator.domain
     wave = grid.centres
@@ -269,18 +392,20 @@ def cmd_spectrum(args) -> int:
     import jax.numpy as jnp
 
     from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.mock import kms_to_pixels
     from jaxlasp.model import build_forward_model, components, theta_from_physical
 
     emulator, source = load_model(args.model, required=False)
     check_domain(emulator, args.teff, args.logg, args.feh, "the requested")
     grid = lamost_fit_grid(emulator.grid, tuple(args.window))
     fm = build_forward_model(emulator, grid)
-    theta = jnp.asarray(theta_from_physical(args.teff, args.logg, args.feh, args.rv, args.sigma))
+    sigma_px = kms_to_pixels(args.sigma, grid.step)
+    theta = jnp.asarray(theta_from_physical(args.teff, args.logg, args.feh, args.rv, sigma_px))
     flux = np.asarray(components(fm, theta, jnp.ones(grid.n), jnp.ones(grid.n)).convolved)
     wave = grid.centres
     print(f"# jaxlasp model spectrum: {source}")
     print(f"# Teff={args.teff} K logg={args.logg} [Fe/H]={args.feh} RV={args.rv} km/s "
-          f"sigma={args.sigma} px; {grid.n} LAMOST pixels {wave[0]:.3f}-{wave[-1]:.3f} A (air)")
+          f"sigma={args.sigma} km/s ({sigma_px:.3f} px); {grid.n} LAMOST pixels {wave[0]:.3f}-{wave[-1]:.3f} A (air)")
     print("# wavelength_A flux")
     rows = range(grid.n) if args.full else [*range(5), *range(grid.n - 5, grid.n)]
     for i in rows:
@@ -312,17 +437,23 @@ def _catalog_row(catalog_path, spectrum_id: str, path: str):
 def cmd_plot(args) -> int:
     import jax.numpy as jnp
 
-    from jaxlasp.api import fit, initial_points, lamost_weights, read_for_fit, result_columns
-    from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.api import (
+        fit, initial_points, lamost_weights, mask_weights, read_for_fit, result_columns)
+    from jaxlasp.grids import lamost_fit_grid, window_note
     from jaxlasp.mock import kms_to_pixels
-    from jaxlasp.model import build_forward_model, components, theta_from_physical
+    from jaxlasp.model import (
+        build_forward_model, components, fitted_pixels, theta_from_physical)
     from jaxlasp.plot import plot_fit
 
     emulator, _ = load_model(args.model)
     if not isinstance(args.start, str):
         check_domain(emulator, *args.start, "--start")
-    fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, tuple(args.window)))
-    reads = read_for_fit(Path(args.spectrum), fm.grid, args.window, args.format)
+    window = fit_window_of(args)
+    fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, window),
+                             degree=args.mdegree, adegree=args.adegree, segments=args.segments)
+    if note := window_note(fm.grid, window):
+        log.warning("%s", note)
+    reads = read_for_fit(Path(args.spectrum), fm.grid, window, args.format)
     if args.index >= len(reads):
         raise UsageError(f"{args.spectrum} holds {len(reads)} spectra; --index {args.index} "
                          "is out of range")
@@ -330,7 +461,8 @@ def cmd_plot(args) -> int:
     if spectrum is None:
         raise UsageError(reads[args.index].reason)
     flux = spectrum.normalised_flux()
-    weights = lamost_weights(spectrum, args.weighting)
+    weights = mask_weights(lamost_weights(spectrum, args.weighting)[None], args.mask or None,
+                           fm.grid)[0] * fitted_pixels(fm)
     if args.from_catalog:
         row = _catalog_row(args.from_catalog, spectrum.id, args.spectrum)
         theta = theta_from_physical(row["teff"], row["logg"], row["feh"], row["rv"],
@@ -346,7 +478,8 @@ def cmd_plot(args) -> int:
     comps = components(fm, jnp.asarray(theta), jnp.asarray(flux), jnp.asarray(used * weights))
     title = (f"{spectrum.id}: RV {row['rv']:.2f} km/s, Teff {row['teff']:.0f} K, log g "
              f"{row['logg']:.3f}, [Fe/H] {row['feh']:.3f} ({label})")
-    plot_fit(fm.grid.centres, flux, comps, used, title, args.output)
+    plot_fit(fm.grid.centres, flux, comps, used, title, args.output, masked=args.mask,
+             segments=args.segments)
     log.info("wrote %s", args.output)
     return 0
 
@@ -364,10 +497,33 @@ COMMANDS = {"fit": cmd_fit, "demo": cmd_demo, "plot": cmd_plot, "info": cmd_info
             "spectrum": cmd_spectrum}
 
 
+def parse_arguments(argv: list[str]):
+    """Parsed ``argv``; a mistyped command or option exits 2 with the (sub)command's usage and
+    the closest valid words ("did you mean …?")."""
+    import difflib
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # the subcommands' parsers
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        close = difflib.get_close_matches(argv[0], commands, n=1)
+        parser.error(f"unknown command {argv[0]!r}" + (f" (did you mean {close[0]!r}?)"
+                                                       if close else "")
+                     + f"; commands: {', '.join(commands)}")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = commands[args.command]
+        options = [o for action in sub._actions for o in action.option_strings]
+        hints = [f"{word} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+                 word.split("=")[0], options, n=1)) else word for word in extra]
+        sub.error(f"unrecognized arguments: {' '.join(hints)}")
+    return args
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging(args)
+    args = parse_arguments(sys.argv[1:] if argv is None else list(argv))
+    logging_before = configure_logging(args)
+    configure_compile_cache(args)
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return COMMANDS[args.command](args)
@@ -377,5 +533,9 @@ def main(argv=None) -> int:
     except (KeyboardInterrupt, Interrupted):
         log.error("interrupted: finished groups are kept; rerun with --resume to continue")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into a reader that stopped (| head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
+        restore_logging(logging_before)
