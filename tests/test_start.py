@@ -375,11 +375,16 @@ def test_fit_multistart_timer_stages(fm, spectra):
 
 
 def test_loose_candidates_reach_the_full_tolerance_minimum(fm, spectra):
-    """Candidates at the loose ftol, then the winner to the full one: the same solution (to
-    1e-6 of an error) and χ² (to 1e-6 relative) as every candidate to the full tolerance."""
+    """Candidates at the loose ftol, then the winner to the full one: the same χ² (to 1e-6
+    relative) as every candidate to the full tolerance, and the same solution (to 1e-3 of an
+    error) wherever the minimum has errors; a fit whose covariance is not finite (a flat χ² in
+    σ at the kernel's narrow end) has no scale to compare its point with, only its χ²."""
     flux, weights = (a[N:] for a in spectra)
     loose = fit_multistart(fm, flux, weights, errors="laplace")
     full = fit_multistart(fm, flux, weights, errors="laplace", candidate_ftol=None)
     np.testing.assert_allclose(loose.loss, full.loss, rtol=1e-6)
     err = np.sqrt(np.diagonal(np.asarray(full.covariance), axis1=1, axis2=2))
-    assert np.all(np.abs(np.asarray(loose.theta) - np.asarray(full.theta)) < 1e-3 * err)
+    measured = np.all(np.isfinite(err), axis=1)
+    assert measured.sum() >= len(err) - 1
+    difference = np.abs(np.asarray(loose.theta) - np.asarray(full.theta))[measured]
+    assert np.all(difference < 1e-3 * err[measured])
