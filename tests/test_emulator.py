@@ -36,6 +36,16 @@ def test_taylor_remainder_has_no_cancellation(x):
     assert float(taylor_remainder(jnp.float64(x))) == pytest.approx(exact, rel=1e-13, abs=1e-300)
 
 
+@settings(max_examples=100, deadline=None)
+@given(x=st.floats(-8.0, 8.0))
+def test_taylor_remainder_derivative_is_exact(x):
+    """R′(x) = eˣ − Σ_{n≤4} xⁿ/n! = R(x) + x⁵/5!, forward and reverse mode alike."""
+    exact = remainder_exact(x) + x**5 / 120.0
+    forward = jax.jvp(taylor_remainder, (jnp.float64(x),), (jnp.float64(1.0),))[1]
+    assert float(forward) == pytest.approx(exact, rel=1e-13, abs=1e-300)
+    assert float(jax.grad(taylor_remainder)(jnp.float64(x))) == pytest.approx(float(forward))
+
+
 def test_taylor_remainder_float32_accurate_for_cool_stars():
     """ALGORITHM §j.1: τ = −0.279 gives 6.29e-7; float32 must keep its digits (PyLASP's did not)."""
     x = np.float32(-0.279)
