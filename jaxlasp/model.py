@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlasp.compile_cache import program
 from jaxlasp.emulators.lines import LineListEmulator, crop_linelist, linelist_flux
 from jaxlasp.emulators.tgm import TGMEmulator, crop_to, tgm_flux
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LinearGrid, LogGrid
@@ -129,6 +130,7 @@ def emulator_flux(emulator: TGMEmulator | LineListEmulator, teff, logg, feh):
     return tgm_flux(emulator, teff, logg, feh)
 
 
+@program(static_argnames=("grid", "edges"))
 def _resample_to(emulator: TGMEmulator | LineListEmulator, values, grid: LogGrid, edges: str):
     """Resample ``values`` (..., n_model) from the emulator's grid onto ``grid``."""
     return resample(values, emulator.grid.edges, grid.edges, grid.widths, edges)
@@ -143,7 +145,7 @@ def fold_resampling(emulator: TGMEmulator, grid: LogGrid, edges: str = "extrapol
     """
     dtype = emulator.coef.dtype
     wide = emulator.astype(jnp.float64 if jax.config.jax_enable_x64 else dtype)
-    coef = jax.jit(_resample_to, static_argnums=(2, 3))(wide, wide.coef, grid, edges)
+    coef = _resample_to(wide, wide.coef, grid, edges)
     return emulator.replace_coef(coef.astype(dtype), grid)
 
 

@@ -97,6 +97,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxlasp.compile_cache import program
 from jaxlasp.emulators.tgm import G_OFFSET, T_OFFSET
 from jaxlasp.fit import lm
 from jaxlasp.fit.clean import LAYER3_PASSES, LEVELS, MAX_FRACTION, masked_std
@@ -459,7 +460,7 @@ def step(fm: ForwardModel, state: AdamState, flux, weights, *, lr=0.1, clean: bo
     return new, AdamInfo(per, group, cleaned)
 
 
-@partial(jax.jit, static_argnames=("lr", "clean", "convergence", "max_iter", "mask_polynomial",
+@program(static_argnames=("lr", "clean", "convergence", "max_iter", "mask_polynomial",
                                    "clean_schedule"))
 def run(fm: ForwardModel, x0, flux, weights, *, lr=0.1, clean: bool = False,
         convergence: str = "spectrum", max_iter: int = 5000, mask_polynomial: bool = True,
@@ -472,7 +473,7 @@ def run(fm: ForwardModel, x0, flux, weights, *, lr=0.1, clean: bool = False,
     return lax.while_loop(lambda s: jnp.any(s.status == RUNNING), lambda s: body(s)[0], state)
 
 
-@jax.jit
+@program
 def _lm_state_at(fm: ForwardModel, theta, flux, used):
     return jax.vmap(lambda th, f, w: lm.init(lm_residual, th, fm, (f, w)))(theta, flux, used)
 

@@ -6,7 +6,6 @@ Everything here works on arrays on one observed grid; reading files and building
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -18,6 +17,7 @@ from jaxlasp.fit.clean import clean, masked_std
 from jaxlasp.fit.schedule import run_compacted
 from jaxlasp.model import SIGMA, ForwardModel, components, model_flags, residuals_and_jacobian
 from jaxlasp.spectral.broaden import RESOLVED_SIGMA, SIGMA_FLOOR
+from jaxlasp.compile_cache import program
 
 MAX_CLEAN = 10
 """PyLASP's ``nclean``: at most 10 Clean calls, 11 fits."""
@@ -98,7 +98,7 @@ def slot_count(n_active: int, slots: int) -> int:
     return min(size, slots)
 
 
-@partial(jax.jit, static_argnames=("max_iter", "slots"))
+@program(static_argnames=("max_iter", "slots"))
 def run_lm(fm: ForwardModel, theta, flux, weights, ftol, xtol, max_iter: int = 100, active=None,
            slots: int = SLOTS):
     """LM on a batch (members with ``active`` False are skipped); returns ``lm.LMState``.
@@ -111,7 +111,7 @@ def run_lm(fm: ForwardModel, theta, flux, weights, ftol, xtol, max_iter: int = 1
                          xtol=xtol, active=active, jacobian=lm_jacobian)
 
 
-@jax.jit
+@program
 def run_curvefit(fm: ForwardModel, theta, flux, weights, ftol, xtol, active=None):
     """MINPACK-path LM (``jaxlasp.fit.minpack``, unbounded as curve_fit) on a batch; returns
     ``minpack.MinpackState``."""
@@ -119,7 +119,7 @@ def run_curvefit(fm: ForwardModel, theta, flux, weights, ftol, xtol, active=None
                        active=active)
 
 
-@jax.jit
+@program
 def evaluate(fm: ForwardModel, theta, flux, weights, status):
     """``lm.LMState`` at ``theta`` (b, 5) without a step: exact residuals and Jacobian there, for
     ``finish``; ``status`` (b,) an ``lm`` status."""
@@ -129,7 +129,7 @@ def evaluate(fm: ForwardModel, theta, flux, weights, status):
     return jax.vmap(one)(theta, flux, weights, status)
 
 
-@jax.jit
+@program
 def clean_step(fm: ForwardModel, theta_start, theta, flux, weights, good, initial, first_call):
     """One Clean call per spectrum at the fit's solution (ALGORITHM §g.2 steps 3–5).
 
@@ -146,7 +146,7 @@ def clean_step(fm: ForwardModel, theta_start, theta, flux, weights, good, initia
     return jax.vmap(one)(theta_start, theta, flux, weights, good, initial)
 
 
-@jax.jit
+@program
 def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
     """Covariance, loss and flags at the LM solution (per spectrum)."""
     lower, upper = parameter_box(fm)

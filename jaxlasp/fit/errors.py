@@ -30,7 +30,6 @@ residual evaluation), plus χ² at θ̂: 0.6× the two-step version's (3.75 agai
 """
 from __future__ import annotations
 
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +38,7 @@ from jax import lax
 from jaxlasp.fit.driver import FitResult, parameter_box
 from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, ForwardModel, residuals, residuals_and_jacobian
 from jaxlasp.spectral.continuum import cholesky_lower, cholesky_solve
+from jaxlasp.compile_cache import program
 
 PROFILE_STEP = 2.0
 """Offset of the profile points from θ̂ [Laplace standard deviations]."""
@@ -115,7 +115,7 @@ def variance_ratios(fm: ForwardModel, theta, cov, flux, weights, step: float = P
     return jnp.ones(theta.shape[0], theta.dtype).at[index].set(mean)
 
 
-@partial(jax.jit, static_argnames=("iterations",))
+@program(static_argnames=("iterations",))
 def profile_errors(fm: ForwardModel, result: FitResult, flux, weights,
                    iterations: int = FAST_ITERATIONS) -> FitResult:
     """``result`` with its covariance rescaled to the χ² profile (``variance_ratios`` with

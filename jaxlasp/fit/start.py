@@ -76,6 +76,7 @@ from jaxlasp.fit.errors import check_errors, profile_errors
 from jaxlasp.model import FEH, LN_TEFF, LOGG, ForwardModel, broadened, emulate, residuals
 from jaxlasp.spectral.broaden import SIGMA_FLOOR, TRUNCATION, pad_edges
 from jaxlasp.spectral.continuum import cholesky_lower, legendre_nodes
+from jaxlasp.compile_cache import program
 
 START_SIGMA = 1.0
 """Broadening σ [pixels] of the grid nodes (the σ of ``jaxlasp.api.start_points``)."""
@@ -360,7 +361,7 @@ def choose_candidates(chi2, nodes, n_best: int, separation, with_logg: bool):
     return jnp.append(picks, best_at_other_logg(chi2, nodes[:, LOGG], picks))
 
 
-@partial(jax.jit, static_argnames=("n_best", "with_logg", "sigma"))
+@program(static_argnames=("n_best", "with_logg", "sigma"))
 def _global_start(fm: ForwardModel, nodes, flux, weights, n_best: int, separation,
                   with_logg: bool, sigma: float = START_SIGMA):
     """(θ₀ (b, k, 5), good-pixel masks (b, n)) for θ nodes (m, 5) at mu = 0 and σ = ``sigma``,
@@ -434,7 +435,7 @@ def fit_one_method(fm: ForwardModel, theta0, flux, weights, *, method: str, clea
     raise ValueError(f"method must be 'lm', 'curvefit' or 'adam', not {method!r}")
 
 
-@partial(jax.jit, static_argnames=("n_best",))
+@program(static_argnames=("n_best",))
 def best_of(result: FitResult, n_best: int) -> FitResult:
     """Per spectrum, the candidate fit with the lowest finite loss, from a result whose rows are
     n_best consecutive candidates of each spectrum (b·n_best rows → b rows)."""
@@ -474,7 +475,7 @@ def mode_weights(result: FitResult, used, n_best: int):
     return w / jnp.sum(w, axis=1, keepdims=True)
 
 
-@partial(jax.jit, static_argnames=("n_best",))
+@program(static_argnames=("n_best",))
 def mode_spread(result: FitResult, used, n_best: int):
     """(spread (b, 5, 5), mass elsewhere (b,)): Σ_k w_k (θ_k − θ̂)(θ_k − θ̂)ᵀ over the candidates'
     distinct minima (``mode_weights``), θ̂ the lowest-loss candidate, and the weight outside θ̂'s
