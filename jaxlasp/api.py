@@ -59,7 +59,8 @@ DEMO_MODEL = "demo"
 
 
 def load_model(model) -> TGMEmulator:
-    """A TGM emulator from a path, ``DEMO_MODEL`` or an already loaded emulator."""
+    """A TGM emulator from a path, a named model (``"elodie32"``: fetched once into the user's
+    cache, ``jaxlasp.io.model_files``), ``DEMO_MODEL`` or an already loaded emulator."""
     if isinstance(model, TGMEmulator):
         return model
     if model == DEMO_MODEL:
@@ -67,6 +68,10 @@ def load_model(model) -> TGMEmulator:
 
         return demo_emulator()
     from jaxlasp.io import read_tgm
+    from jaxlasp.io.model_files import is_named_model, named_model_path
+
+    if is_named_model(model):
+        model = named_model_path(model)
 
     return read_tgm(model)
 

@@ -86,8 +86,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=os.environ.get("JAXLASP_MODEL"),
-                        help="TGM model file (ULySS FITS or PyLASP .npz/.pt), or 'demo' for the "
-                             "embedded demo model (default: $JAXLASP_MODEL)")
+                        help="TGM model file (ULySS FITS or PyLASP .npz/.pt), 'elodie32' (ELODIE "
+                             "3.2, fetched once into your cache), or 'demo' for the embedded "
+                             "demo model (default: $JAXLASP_MODEL)")
 
 
 def _compile_cache_option(parser: argparse.ArgumentParser) -> None:
@@ -195,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe a model: wavelength range, regimes, domain")
     info.add_argument("model", nargs="?", default=os.environ.get("JAXLASP_MODEL"),
-                      metavar="MODEL", help="model file or 'demo' (default: $JAXLASP_MODEL, "
-                                            "else demo)")
+                      metavar="MODEL", help="model file, 'elodie32' or 'demo' (default: "
+                                            "$JAXLASP_MODEL, else demo)")
     _common(info)
 
     spectrum = sub.add_parser("spectrum", help="print one model spectrum on the LAMOST grid")
@@ -218,11 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- helpers
 
 def load_model(name, required: bool = True):
-    """(emulator, description) for a model path or 'demo'; UsageError when it cannot be read."""
+    """(emulator, description) for a model path, a named model or 'demo'; UsageError when it
+    cannot be read."""
     if not name:
         if required:
-            raise UsageError("no model: pass --model TGM_FILE (or set JAXLASP_MODEL); "
-                             "'--model demo' uses the embedded demo model")
+            raise UsageError("no model: pass --model TGM_FILE or --model elodie32 (fetched once "
+                             "into your cache), or set JAXLASP_MODEL; '--model demo' uses the "
+                             "embedded demo model")
         name = DEMO
     if name == DEMO:
         from jaxlasp.emulators.demo import demo_emulator
@@ -230,18 +233,33 @@ def load_model(name, required: bool = True):
         return demo_emulator(), "embedded DEMO model (synthetic, not ELODIE)"
     from jaxlasp.io import read_tgm
 
+    path, description = model_source(name)
     try:
-        return read_tgm(name), f"model file {name}"
+        return read_tgm(path), description
     except (OSError, ValueError, ImportError) as err:
         raise UsageError(str(err)) from err
 
 
 def model_source(name) -> tuple[str, str]:
-    """(model path or 'demo', description) without loading it; UsageError when there is none."""
+    """(model path or 'demo', description) without loading it; a named model is fetched into the
+    cache first. UsageError when there is none or it cannot be fetched."""
     if not name:
         load_model(name)  # the "no model" message
     if name == DEMO:
         return DEMO, "embedded DEMO model (synthetic, not ELODIE)"
+    from jaxlasp.io.model_files import (
+        NAMED_MODELS, ModelUnavailable, is_named_model, model_dir, named_model_path)
+
+    if is_named_model(name):
+        entry = NAMED_MODELS[name]
+        if not (model_dir() / entry.filename).is_file():
+            log.info("fetching the %s model (%s) once into %s", name, entry.description,
+                     model_dir())
+        try:
+            path = named_model_path(name)
+        except ModelUnavailable as err:
+            raise UsageError(str(err)) from err
+        return str(path), f"{name}: {entry.description}, {path}"
     return str(name), f"model file {name}"
 
 

@@ -38,7 +38,7 @@ def read_tgm(path, dtype=np.float64) -> TGMEmulator:
     """
     name = Path(path).name.lower()
     if name.endswith(FITS_SUFFIXES):
-        return _read_tgm_fits(path, dtype)
+        return read_tgm_fits(path, dtype)
     if name.endswith(".npz"):
         return tgm_from_group(*_group_arrays(load_npz(path), path), path, dtype)
     if name.endswith(".pt"):
@@ -76,7 +76,7 @@ def tgm_from_group(spec_coef, borders, source, dtype=np.float64) -> TGMEmulator:
     return TGMEmulator(jnp.asarray(coef, dtype), GROUP_VERSION, LinearGrid(start, step, n_pix))
 
 
-def _read_tgm_fits(path, dtype) -> TGMEmulator:
+def read_tgm_fits(path, dtype=np.float64) -> TGMEmulator:
     """ULySS TGM model FITS file → emulator (regimes warm, hot, cold = HDU0, 1, 2)."""
     hdus = read_hdus(path, ModelFileError)
     images = [h.data for h in hdus[:3]]
