@@ -37,13 +37,13 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from jaxlasp.api import (
-    COLUMNS, DEMO_MODEL, DESCRIPTIONS, GLOBAL_START, INTEGER_COLUMNS, READ_ERROR, check_method, empty_columns,
-    fit_spectra, initial_points, load_model, make_table, read_for_fit)
+    COLUMNS, DEMO_MODEL, DESCRIPTIONS, GLOBAL_START, INTEGER_COLUMNS, READ_ERROR, UNITS,
+    check_method, empty_columns, fit_spectra, initial_points, load_model, make_table, read_for_fit)
 from jaxlasp.fit.errors import check_errors
 from jaxlasp.grids import LogGrid, lamost_fit_grid, window_note
 from jaxlasp.io import get_reader
 from jaxlasp.io.catalog import check_writable, read_catalog, temporary_files, write_catalog
-from jaxlasp.io.lamost import file_stem
+from jaxlasp.io.lamost import SURVEY_KEYS, file_stem
 from jaxlasp.io.lock import catalog_lock
 from jaxlasp.model import ForwardModel, build_forward_model
 from jaxlasp.spectral.continuum import DEGREE
@@ -58,8 +58,19 @@ LIST_SUFFIXES = (".txt", ".lst", ".list")
 """File endings read as lists of input files (one path per line, '#' starts a comment)."""
 PART_SUFFIXES = (".ecsv", ".parquet")
 """Formats of part files (both keep the table's metadata: the list of completed files)."""
-CATALOG_COLUMNS = (*COLUMNS, "path")
-"""Catalog columns: the fit table's columns plus the input file's path."""
+SURVEY_COLUMNS = SURVEY_KEYS
+"""Catalog columns carried from the input files (``Spectrum.survey``): -1 (ids) or NaN where the
+file does not say."""
+SURVEY_IDS = ("obsid", "targetid")
+CATALOG_COLUMNS = (*COLUMNS, *SURVEY_COLUMNS, "path")
+"""Catalog columns: the fit table's columns, the survey's and the input file's path."""
+CATALOG_DESCRIPTIONS = {
+    **DESCRIPTIONS, "obsid": "LAMOST OBSID (-1: not a LAMOST file)",
+    "targetid": "DESI TARGETID (-1: not a DESI file)", "ra": "right ascension (J2000) from the "
+    "file (LAMOST RA, DESI TARGET_RA)", "dec": "declination (J2000) from the file",
+    **{f"snr_{band}": f"LAMOST signal-to-noise ratio in the {band} band (header SNR{band.upper()})"
+       for band in "ugriz"}}
+CATALOG_UNITS = {**UNITS, "ra": "deg", "dec": "deg"}
 
 
 @dataclass(frozen=True)
@@ -332,9 +343,22 @@ def fit_group(fm: ForwardModel, group: list[Record], options: FitOptions, capaci
             for j, k in enumerate(good):
                 reasons[k] = fit_reasons[j]
     table = make_table([r.id for r in group], columns, reasons)
+    for name, values in survey_columns([r.spectrum for r in group]).items():
+        table[name] = values
     table["path"] = np.asarray([r.path for r in group], dtype=str)
     table.meta["complete_paths"] = [r.path for r in group if r.last_of_file]
     return table
+
+
+def survey_columns(spectra) -> dict[str, np.ndarray]:
+    """``SURVEY_COLUMNS`` for the rows of ``spectra`` (None for a file that could not be read):
+    the readers' ``Spectrum.survey`` values, -1 or NaN where there are none."""
+    columns = {name: np.full(len(spectra), -1, np.int64) if name in SURVEY_IDS
+               else np.full(len(spectra), np.nan) for name in SURVEY_COLUMNS}
+    for row, spectrum in enumerate(spectra):
+        for name, value in (spectrum.survey.items() if spectrum is not None else ()):
+            columns[name][row] = value
+    return columns
 
 
 # ---------------------------------------------------------------- catalog parts and resume
@@ -358,16 +382,16 @@ def normalise(table):
     columns = {}
     for name in CATALOG_COLUMNS:
         kind = (str if name in ("id", "reason", "path") else bool if name == "converged"
-                else np.int64 if name in INTEGER_COLUMNS else np.float64)
+                else np.int64 if name in (*INTEGER_COLUMNS, *SURVEY_IDS) else np.float64)
         if name in table.colnames:
             values = np.asarray(table[name]).astype(kind)
         else:  # a catalog written before the column existed
-            values = np.full(len(table), np.nan if kind is np.float64 else kind())
+            values = np.full(len(table), np.nan if kind is np.float64 else -1 if name in
+                             SURVEY_IDS else kind())
         columns[name] = values
     out = Table(columns, names=CATALOG_COLUMNS)
-    for name in COLUMNS:
-        if name in table.colnames and table[name].unit is not None:
-            out[name].unit = table[name].unit
+    for name, unit in CATALOG_UNITS.items():
+        out[name].unit = unit
     return out
 
 
@@ -586,7 +610,7 @@ def finish_catalog(output: Path, tables, paths, fitted: int, t0: float,
     (``fitted`` spectra this run, started at ``t0``)."""
     catalog = merge(tables, {input_key(p): k for k, p in enumerate(paths)})
     for name in CATALOG_COLUMNS:
-        catalog[name].description = DESCRIPTIONS[name]
+        catalog[name].description = CATALOG_DESCRIPTIONS[name]
     earlier = [t.meta["created"] for t in tables if t.meta.get("created")]  # a resumed catalog
     catalog.meta.clear()  # in one order, so that a resume that fits nothing writes the same bytes
     if options:

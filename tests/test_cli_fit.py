@@ -68,6 +68,23 @@ def test_formats_hold_the_same_numbers(catalogs):
     assert fits["teff"].unit == "K" and parquet["rv"].unit == "km / s"
 
 
+@pytest.mark.parametrize("suffix", ["csv", "fits", "parquet"])
+def test_survey_columns_link_rows_back_to_the_survey(catalogs, suffix):
+    """OBSID, RA, Dec and the five S/N values of each LAMOST file's header, in every format;
+    no DESI TARGETID."""
+    from astropy.io import fits
+
+    table = catalogs[suffix]
+    for row in table:
+        header = fits.getheader(row["path"], 0)
+        assert row["obsid"] == header["OBSID"] and str(row["obsid"]) == row["id"]
+        assert (row["ra"], row["dec"]) == (header["RA"], header["DEC"])
+        assert [row[f"snr_{b}"] for b in "ugriz"] == [header[f"SNR{b}"] for b in "UGRIZ"]
+    assert np.all(table["targetid"] == -1)
+    if suffix != "csv":
+        assert table["ra"].unit == "deg" and "OBSID" in table["obsid"].description
+
+
 def test_existing_catalog_is_not_overwritten_without_resume(catalogs, tmp_path, capsys):
     path = tmp_path / "c.csv"
     path.write_text("keep me")

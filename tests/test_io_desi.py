@@ -48,14 +48,17 @@ def camera_arrays(cam):
     return flux, ivar, mask
 
 
-def write_desi(path, cameras=("B", "R", "Z"), targetids=TARGETIDS, expids=None):
+def write_desi(path, cameras=("B", "R", "Z"), targetids=TARGETIDS, expids=None, radec=True):
     """A DESI-layout coadd file (HDU order as DESI writes it, masks as compressed images)."""
     fibermap = {"TARGETID": np.asarray(targetids, np.int64)}
+    if radec:
+        fibermap["TARGET_RA"] = 150.0 + 0.5 * np.arange(len(targetids))
+        fibermap["TARGET_DEC"] = -2.0 - 0.25 * np.arange(len(targetids))
     if expids is not None:
         fibermap["EXPID"] = np.asarray(expids, np.int32)
     hdus = [fits.PrimaryHDU(),
             fits.BinTableHDU.from_columns(
-                [fits.Column(name=k, array=v, format="K" if v.dtype == np.int64 else "J")
+                [fits.Column(name=k, array=v, format={"i8": "K", "i4": "J", "f8": "D"}[v.dtype.str[1:]])
                  for k, v in fibermap.items()], name="FIBERMAP")]
     for cam in cameras:
         flux, ivar, mask = (a[:len(targetids)] for a in camera_arrays(cam))
@@ -105,6 +108,16 @@ def test_spectra_ids_and_grid(desi_file):
     assert grid.n == lamost.n and grid.ln_start == pytest.approx(lamost.ln_start, abs=1e-12)
     fit = cut_to_grid(spectra[0], lamost_fit_grid(MODEL_GRID))
     assert fit.grid.n == 1327
+
+
+def test_targetid_and_coordinates_are_carried(desi_file, tmp_path):
+    spectra = read_desi(desi_file)
+    assert [s.survey for s in spectra] == [
+        {"targetid": t, "ra": 150.0 + 0.5 * k, "dec": -2.0 - 0.25 * k}
+        for k, t in enumerate(TARGETIDS)]
+    assert cut_to_grid(spectra[2], lamost_fit_grid(MODEL_GRID)).survey == spectra[2].survey
+    bare = read_desi(write_desi(tmp_path / "bare.fits", radec=False))
+    assert [s.survey for s in bare] == [{"targetid": t} for t in TARGETIDS]
 
 
 def test_whole_coverage_on_the_lattice(full):

@@ -263,3 +263,21 @@ def test_linear_sampling_refused(tmp_path):
         hdul[0].header["DC-FLAG"] = 0
     with pytest.raises(SpectrumFileError, match="DC-FLAG is 0"):
         read_lamost(modified_copy(tmp_path, linear))
+
+
+def test_obsid_coordinates_and_snr_come_from_the_header():
+    from astropy.io import fits
+
+    for path in sorted(need(FITS_DIR).glob("*.fits"))[:5]:
+        header = fits.getheader(path, 0)
+        survey = read_lamost(path).survey
+        assert survey == {"obsid": header["OBSID"], "ra": header["RA"], "dec": header["DEC"],
+                          **{f"snr_{b}": header[f"SNR{b.upper()}"] for b in "ugriz"}}
+        assert str(survey["obsid"]) == path.stem  # the public files are named by OBSID
+
+
+def test_survey_values_missing_from_a_header_are_left_out():
+    from jaxlasp.io.lamost import lamost_survey_values
+
+    assert lamost_survey_values({"OBSID": "123", "RA": "n/a", "SNRG": 7.5, "DEC": True}) == {
+        "obsid": 123, "snr_g": 7.5}

@@ -16,6 +16,8 @@ end does not spoil its better neighbour.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from jaxlasp.grids import LogGrid, window_pixels
@@ -51,8 +53,8 @@ def read_desi(source, window: tuple[float, float] | None = DEFAULT_WINDOW) -> li
     """Every spectrum of a DESI coadd or spectra file, on the LAMOST lattice, in FIBERMAP order.
 
     source: the file's path, or the file already open (a ``FitsFile`` of ``jaxlasp.io._fits``);
-    only FIBERMAP's TARGETID (and EXPID) and the cameras' WAVELENGTH, FLUX, IVAR and MASK are
-    read. window: [Å] to truncate to (None: everything the cameras cover). Each spectrum's
+    only FIBERMAP's TARGETID (and EXPID, TARGET_RA, TARGET_DEC: ``Spectrum.survey``) and the
+    cameras' WAVELENGTH, FLUX, IVAR and MASK are read. window: [Å] to truncate to (None: everything the cameras cover). Each spectrum's
     ``median`` is max(median of its valid pixels in the window, 1) and ``andmask`` holds the OR
     of the mask bits where masking left a pixel without data. A spectrum without valid data in
     the window is returned (flagged ``FEW_GOOD_PIXELS``), not refused, so that one bad fibre
@@ -62,15 +64,16 @@ def read_desi(source, window: tuple[float, float] | None = DEFAULT_WINDOW) -> li
     with as_fits(source, SpectrumFileError) as file:
         path = file.path
         index = {name: i for i, name in enumerate(file.names)}  # a repeated name: its last HDU
-        ids = _ids(file, index)
+        ids, survey = _ids(file, index)
         arms = [_camera(file, index, cam, len(ids)) for cam in desi_cameras(index)]
     if not arms:
         raise SpectrumFileError(f"{path}: no DESI camera HDUs (X_WAVELENGTH with X_FLUX); HDUs "
                                 f"found: {sorted(index)}")
     grid = _output_grid([edges for edges, *_ in arms], window, path)
     flux, ivar, andmask = join_cameras(arms, grid)
-    return [windowed_spectrum(id_, grid, flux[i].astype(np.float32), ivar[i].astype(np.float32),
-                              andmask[i], flux_normaliser(flux[i]), None, path)
+    return [replace(windowed_spectrum(id_, grid, flux[i].astype(np.float32),
+                                      ivar[i].astype(np.float32), andmask[i],
+                                      flux_normaliser(flux[i]), None, path), survey=survey[i])
             for i, id_ in enumerate(ids)]
 
 
@@ -94,14 +97,23 @@ def join_cameras(arms, grid: LogGrid) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return flux, total, andmask
 
 
-def _ids(file: FitsFile, index: dict[str, int]) -> list[str]:
-    """The spectrum ids from the FIBERMAP table (SpectrumFileError when it is missing)."""
+DESI_SURVEY_COLUMNS = {"targetid": "TARGETID", "ra": "TARGET_RA", "dec": "TARGET_DEC"}
+"""``Spectrum.survey`` keys and the FIBERMAP columns they come from."""
+
+
+def _ids(file: FitsFile, index: dict[str, int]) -> tuple[list[str], list[dict]]:
+    """The spectrum ids and survey values (``DESI_SURVEY_COLUMNS``) from the FIBERMAP table
+    (SpectrumFileError when it is missing)."""
     fibermap = index.get("FIBERMAP")
     if (fibermap is None or not file.is_table(fibermap)
             or "TARGETID" not in file.column_names(fibermap)):
         raise SpectrumFileError(f"{file.path}: no FIBERMAP table with a TARGETID column; HDUs "
                                 f"found: {sorted(index)}")
-    return desi_ids(file.columns(fibermap, ("TARGETID", "EXPID")))
+    columns = file.columns(fibermap, ("TARGETID", "EXPID", *DESI_SURVEY_COLUMNS.values()))
+    kinds = {"targetid": int, "ra": float, "dec": float}
+    survey = [{key: kinds[key](columns[name][i]) for key, name in DESI_SURVEY_COLUMNS.items()
+               if name in columns} for i in range(len(columns["TARGETID"]))]
+    return desi_ids(columns), survey
 
 
 def _camera(file: FitsFile, index: dict[str, int], cam: str, nspec: int):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,8 @@ class Spectrum:
     median: the normaliser of §c.3; LAMOST: max(nanmedian(FLUX over all pixels of the file), 1).
     finite: bool, True where the flux was originally finite (resampled: had unmasked data).
     flags: bitwise OR of the module's flag constants.
+    survey: what links the spectrum back to its survey, as far as the file says (keys of
+        ``SURVEY_KEYS``): LAMOST obsid, ra, dec, snr_u … snr_z; DESI targetid, ra, dec.
     """
 
     id: str
@@ -68,6 +70,7 @@ class Spectrum:
     median: float
     finite: np.ndarray
     flags: int
+    survey: Mapping = field(default_factory=dict)
 
     def normalised_flux(self) -> np.ndarray:
         """flux / median, divided in float32 as PyLASP does, returned as float64."""
@@ -76,8 +79,9 @@ class Spectrum:
     def sub(self, first: int, n: int) -> "Spectrum":
         """The spectrum of pixels ``first .. first+n-1`` (flags recomputed on them)."""
         part = slice(first, first + n)
-        return _spectrum(self.id, self.grid.sub(first, n), self.flux[part], self.ivar[part],
-                         self.andmask[part], self.median, self.finite[part])
+        return replace(_spectrum(self.id, self.grid.sub(first, n), self.flux[part],
+                                 self.ivar[part], self.andmask[part], self.median,
+                                 self.finite[part]), survey=self.survey)
 
 
 LamostSpectrum = Spectrum
@@ -99,12 +103,34 @@ def read_lamost(source, window: tuple[float, float] = DEFAULT_WINDOW) -> Spectru
         path = file.path
         flux, ivar, andmask = _read_arrays(file)
         grid = _log_grid(file.headers[0], flux.size, path)
+        survey = lamost_survey_values(file.headers[0])
     check_covers(grid, window, path)
     first, last = window_pixels(grid, *window)
     if not np.isfinite(flux[first:last + 1]).any():
         raise SpectrumFileError(f"{path}: no finite flux value in the window {window} Å")
     median = max(float(np.nanmedian(flux)), 1.0)
-    return windowed_spectrum(file_stem(path), grid, flux, ivar, andmask, median, window, path)
+    spectrum = windowed_spectrum(file_stem(path), grid, flux, ivar, andmask, median, window, path)
+    return replace(spectrum, survey=survey)
+
+
+SURVEY_KEYS = ("obsid", "targetid", "ra", "dec", "snr_u", "snr_g", "snr_r", "snr_i", "snr_z")
+"""The survey values a reader may give a spectrum (``Spectrum.survey``)."""
+LAMOST_SURVEY_CARDS = {"obsid": "OBSID", "ra": "RA", "dec": "DEC", "snr_u": "SNRU",
+                       "snr_g": "SNRG", "snr_r": "SNRR", "snr_i": "SNRI", "snr_z": "SNRZ"}
+"""``Spectrum.survey`` keys and the LAMOST HDU0 keywords they come from."""
+
+
+def lamost_survey_values(header: Mapping) -> dict:
+    """The survey values of a LAMOST file's HDU0 header; keywords that are missing or not
+    numbers are left out (the internal layout has fewer)."""
+    values = {}
+    for key, card in LAMOST_SURVEY_CARDS.items():
+        value = header.get(card)
+        if key == "obsid" and isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[key] = int(value) if key == "obsid" else float(value)
+    return values
 
 
 def windowed_spectrum(id_: str, grid: LogGrid, flux, ivar, andmask, median: float,
