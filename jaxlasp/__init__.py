@@ -11,14 +11,14 @@ import jax
 if not os.environ.get("JAXLASP_NO_X64"):
     jax.config.update("jax_enable_x64", True)
 
-from jaxlasp.api import fit_arrays, fit_files  # noqa: E402
+from jaxlasp.api import PYLASP, fit_arrays, fit_files, fit_spectra  # noqa: E402
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain, TGMEmulator, tgm_flux  # noqa: E402
 from jaxlasp.grids import LinearGrid, LogGrid  # noqa: E402
 from jaxlasp.model import (  # noqa: E402
     ForwardModel, batch_residuals, build_forward_model, components, residuals)
 
 __all__ = [
-    "Domain", "ELODIE32_DOMAIN", "ForwardModel", "LinearGrid", "LogGrid", "TGMEmulator",
-    "batch_residuals", "build_forward_model", "components", "fit_arrays", "fit_files", "residuals",
-    "tgm_flux",
+    "Domain", "ELODIE32_DOMAIN", "ForwardModel", "LinearGrid", "LogGrid", "PYLASP", "TGMEmulator",
+    "batch_residuals", "build_forward_model", "components", "fit_arrays", "fit_files",
+    "fit_spectra", "residuals", "tgm_flux",
 ]

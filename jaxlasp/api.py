@@ -16,7 +16,7 @@ from jaxlasp.fit.errors import check_errors, profile_errors
 from jaxlasp.fit.start import fit_multistart, fit_one_method
 from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid, window_note
 from jaxlasp.io.lamost import (
-    FEW_GOOD_PIXELS, NONFINITE_FLUX, NONPOSITIVE_FLUX, Spectrum, file_stem)
+    FEW_GOOD_PIXELS, NONFINITE_FLUX, NONPOSITIVE_FLUX, VACUUM_LN_SHIFT, Spectrum, file_stem)
 from jaxlasp.model import (
     FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model, fitted_pixels,
     theta_from_physical)
@@ -26,6 +26,9 @@ from jaxlasp.spectral.masks import check_intervals, fit_window, masked_pixels
 
 DEFAULT_START = (7500.0, 3.5, -0.5)
 """Start (Teff [K], log g, [Fe/H]) of PyLASP's shipped runs; mu = 0, σ = 1 pixel."""
+PYLASP = {"start": DEFAULT_START, "errors": "laplace"}
+"""PyLASP's setting, one keyword away from the defaults: ``fit_files(paths, model, **PYLASP)``
+(its fixed start (7500 K, 3.5, −0.5) and curve_fit's Laplace errors)."""
 READ_ERROR = 32
 """Result flag: the file could not be read or does not cover the window (see ``reason``)."""
 NOT_FITTED = 4096
@@ -145,7 +148,8 @@ METHODS = ("lm", "adam", "curvefit")
 
 
 GLOBAL_START = "global"
-"""``start=GLOBAL_START``: the global start of ``jaxlasp.fit.start`` (grid scan, best candidates)."""
+"""``start=GLOBAL_START``: the global start of ``jaxlasp.fit.start`` (grid scan, best
+candidates)."""
 
 
 def initial_points(start, batch: int, fm: ForwardModel):
@@ -216,9 +220,9 @@ def check_method(method: str) -> None:
 
 
 def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = None,
-               method: str = "lm", clean: bool = False, start=DEFAULT_START,
+               method: str = "lm", clean: bool = False, start=GLOBAL_START,
                max_iter: int | None = None, devices: int | None = None,
-               errors: str = "laplace", mask=None, mdegree: int = DEGREE, adegree: int = -1,
+               errors: str = "profile", mask=None, mdegree: int = DEGREE, adegree: int = -1,
                segments=()):
     """Fit spectra already on one observed grid; returns an astropy Table (one row per spectrum).
 
@@ -232,11 +236,12 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     method: "lm" (Levenberg–Marquardt), "adam" (per-spectrum Adam, ``jaxlasp.fit.adam``) or
     "curvefit" (LASP-CurveFit's own path, to reproduce its results: ``fit_batch(path="curvefit")``).
     devices: local devices the batch is split over (None: all; ``jaxlasp.parallel.devices``).
-    errors: "laplace" (default: curve_fit's (JᵀJ)⁻¹·χ²/(M − 5), as PyLASP reports) or "profile"
-    (that covariance rescaled to the width of the χ² profile: calibrated on mock spectra where
-    the Laplace errors are too small, at about 1.5 LM fits more per spectrum;
-    ``jaxlasp.fit.errors``). The defaults of ``start`` and ``errors`` are PyLASP's; the CLI's
-    are the global start and "profile".
+    errors: "profile" (default: curve_fit's covariance rescaled to the width of the χ² profile,
+    calibrated on mock spectra where the Laplace errors are too small, at about 1.5 LM fits
+    more per spectrum; ``jaxlasp.fit.errors``) or "laplace" (curve_fit's (JᵀJ)⁻¹·χ²/(M − 5), as
+    PyLASP reports). The defaults are the CLI's (global start, profile errors); PyLASP's
+    setting is ``**PYLASP`` (start (7500, 3.5, −0.5), Laplace errors). For spectra on their
+    own wavelength grids use ``fit_spectra``.
     mask: pixels left out of the fit, Clean and the polynomial: wavelength intervals
     ((lo, hi), … [Å] on ``grid``) or a boolean array (n,) or (b, n), True where left out. The
     table's ``n_pixels`` counts the pixels each fit used; a spectrum with fewer than
@@ -314,7 +319,7 @@ def empty_columns(n: int) -> dict[str, np.ndarray]:
     return columns
 
 
-def fit_spectra(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = False,
+def fit_spectrum_group(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = False,
                 start=DEFAULT_START, weighting: str = "none", max_iter: int | None = None,
                 devices: int | None = None, errors: str = "laplace", mask=None, timer=None):
     """Fit spectra already cut to ``fm.grid`` (``LamostSpectrum``-like) as one batch (split over
@@ -404,39 +409,158 @@ def read_for_fit(path, grid: LogGrid, window, format: str = "auto") -> list[Read
     return results
 
 
-def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=DEFAULT_START,
+def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=GLOBAL_START,
               window=None, weighting: str = "none", max_iter: int | None = None,
-              devices: int | None = None, errors: str = "laplace", mask=None,
+              devices: int | None = None, errors: str = "profile", mask=None,
               mdegree: int = DEGREE, adegree: int = -1, segments=()):
     """Fit spectrum files (LAMOST DR9/DR10, DESI coadds, … see ``jaxlasp.io.read_spectra``);
     returns an astropy Table with one row per spectrum, in input order.
 
-    A file that cannot be read (or a spectrum that does not cover the window) gets a row of NaNs
-    with ``converged = False``, flag ``READ_ERROR`` and the reason; the others are fitted as one
-    batch. ``errors``: "laplace" (PyLASP's) or "profile", as in ``fit_arrays``. ``mask``:
-    wavelength intervals ((lo, hi), … [Å]) left out of every fit. ``mdegree``, ``adegree``: the
-    polynomials' degrees, and ``segments``, as in ``fit_arrays``; ``window`` (default 4200–5700 Å)
-    is the span of the segments when they are given.
+    The defaults are the CLI's (``jaxlasp fit``): the global start and profile errors; PyLASP's
+    setting is ``**PYLASP``. A file that cannot be read (or a spectrum that does not cover the
+    window) gets a row of NaNs with ``converged = False``, flag ``READ_ERROR`` and the reason;
+    the others are fitted as one batch. ``errors``: "profile" or "laplace" (PyLASP's), as in
+    ``fit_arrays``. ``mask``: wavelength intervals ((lo, hi), … [Å]) left out of every fit.
+    ``mdegree``, ``adegree``: the polynomials' degrees, and ``segments``, as in ``fit_arrays``;
+    ``window`` (default 4200–5700 Å) is the span of the segments when they are given.
     For many files use ``jaxlasp.pipeline.run`` (groups, progress, resume).
     """
     check_method(method)
+    emulator, grid, window, segments = _fit_setup(model, window, segments)
+    reads = [r for p in paths for r in read_for_fit(p, grid, window)]
+    return _fit_reads(reads, emulator, grid, segments, method=method, clean=clean, start=start,
+                      weighting=weighting, max_iter=max_iter, devices=devices, errors=errors,
+                      mask=mask, mdegree=mdegree, adegree=adegree)
+
+
+def fit_spectra(wavelength, flux=None, ivar=None, *, model, pixel_mask=None, vacuum: bool = False,
+                ids=None, method: str = "lm", clean: bool = False, start=GLOBAL_START,
+                window=None, weighting: str = "none", max_iter: int | None = None,
+                devices: int | None = None, errors: str = "profile", mask=None,
+                mdegree: int = DEGREE, adegree: int = -1, segments=()):
+    """Fit spectra given as arrays on their own wavelength grids; returns the Table of
+    ``fit_files`` (one row per spectrum).
+
+    wavelength: pixel centres [Å] (air unless ``vacuum``), (n,) shared by all spectra or (N, n),
+    or a list of (n_i,) arrays; or a specutils ``Spectrum1D`` (or a list of them), with
+    ``flux`` and ``ivar`` left None. flux: (n,) one spectrum, (N, n) or a list. ivar: inverse
+    variances of the same shapes (default 1); used as weights with ``weighting="ivar"``.
+    pixel_mask: True (or nonzero bits) where a pixel is bad, same shapes. Any grid that covers
+    the window works: one uniform in ln λ on LAMOST's lattice keeps its pixels (as a LAMOST
+    file's do), any other is resampled onto the lattice, flux-conserving. A ln-λ grid that lies
+    on the lattice only with the other air/vacuum convention is refused with an error naming
+    ``vacuum`` (a LAMOST file's own WAVELENGTH column is in vacuum). ids: one per spectrum
+    (default "0", "1", …). The other keywords and the defaults are ``fit_files``'.
+    """
+    check_method(method)
+    emulator, grid, window, segments = _fit_setup(model, window, segments)
+    inputs = _spectrum_inputs(wavelength, flux, ivar, pixel_mask)
+    ids = [str(i) for i in range(len(inputs))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(inputs):
+        raise ValueError(f"{len(ids)} ids for {len(inputs)} spectra")
+    reads = [_arrays_for_fit(id_, arrays, grid, window, vacuum)
+             for id_, arrays in zip(ids, inputs)]
+    return _fit_reads(reads, emulator, grid, segments, method=method, clean=clean, start=start,
+                      weighting=weighting, max_iter=max_iter, devices=devices, errors=errors,
+                      mask=mask, mdegree=mdegree, adegree=adegree)
+
+
+def _spectrum_inputs(wavelength, flux, ivar, pixel_mask) -> list[tuple]:
+    """Per spectrum: (wave, flux, ivar, mask) arrays (ivar and mask may be None)."""
+    if hasattr(wavelength, "spectral_axis") or (
+            isinstance(wavelength, (list, tuple)) and wavelength
+            and hasattr(wavelength[0], "spectral_axis")):
+        if flux is not None or ivar is not None or pixel_mask is not None:
+            raise ValueError("a specutils spectrum carries its own flux, uncertainty and mask: "
+                             "pass flux, ivar and pixel_mask only with a wavelength array")
+        from jaxlasp.io.arrays import specutils_arrays
+
+        objects = wavelength if isinstance(wavelength, (list, tuple)) else [wavelength]
+        return [specutils_arrays(one) for one in objects]
+    if flux is None:
+        raise ValueError("flux is required with a wavelength array")
+
+    def rows(values, name):
+        if values is None:
+            return None
+        if isinstance(values, (list, tuple)) and values and np.ndim(values[0]) == 1:
+            return [np.asarray(v, np.float64) for v in values]
+        array = np.asarray(values, np.float64)
+        if array.ndim not in (1, 2):
+            raise ValueError(f"{name} must be (n,), (N, n) or a list of (n_i,) arrays, not an "
+                             f"array of shape {array.shape}")
+        return [array] if array.ndim == 1 else list(array)
+
+    fluxes = rows(flux, "flux")
+    waves = rows(wavelength, "wavelength")
+    if len(waves) == 1 and len(fluxes) > 1:
+        waves = waves * len(fluxes)
+    extra = [rows(values, name) or [None] * len(fluxes)
+             for values, name in ((ivar, "ivar"), (pixel_mask, "pixel_mask"))]
+    if any(len(v) != len(fluxes) for v in (waves, *extra)):
+        raise ValueError(f"{len(fluxes)} flux rows but {[len(v) for v in (waves, *extra)]} "
+                         "wavelength, ivar and pixel_mask rows")
+    return list(zip(waves, fluxes, *extra))
+
+
+def _arrays_for_fit(id_: str, arrays, grid: LogGrid, window, vacuum: bool) -> ReadResult:
+    """One spectrum's (wave, flux, ivar, mask) cut to ``grid``: its own pixels when they are the
+    grid's, else resampled onto them; a ReadResult with the reason when the arrays do not cover
+    the window. ValueError for bad arrays, or pixels that fit the grid only under the other
+    air/vacuum convention."""
+    from jaxlasp.io import SpectrumFileError, cut_to_grid, spectrum_from_arrays
+
+    try:
+        spectrum = spectrum_from_arrays(*arrays, id=id_, vacuum=vacuum, window=window)
+        try:
+            return ReadResult(id_, cut_to_grid(spectrum, grid), "")
+        except ValueError:
+            _check_convention(spectrum.grid, grid, vacuum)
+        resampled = spectrum_from_arrays(*arrays, id=id_, vacuum=vacuum, window=window,
+                                         resample=True)
+        return ReadResult(id_, cut_to_grid(resampled, grid), "")
+    except SpectrumFileError as err:
+        return ReadResult(id_, None, str(err))
+
+
+def _check_convention(own: LogGrid, grid: LogGrid, vacuum: bool) -> None:
+    """Raise ValueError when ``own`` (a ln-λ grid taken as ``vacuum`` says) would lie on ``grid``'s
+    pixels under the other air/vacuum convention."""
+    from jaxlasp.io.arrays import ALIGN_TOLERANCE
+
+    if not math.isclose(own.step, grid.step, rel_tol=1e-6):
+        return
+    other = own.ln_start + (VACUUM_LN_SHIFT if vacuum else -VACUUM_LN_SHIFT)
+    offset = (other - grid.ln_start) / grid.step
+    if abs(offset - round(offset)) < ALIGN_TOLERANCE:
+        said, meant = ("vacuum=True", "air") if vacuum else ("air (vacuum=False)", "vacuum")
+        raise ValueError(f"the wavelengths lie on LAMOST's pixels only if they are in {meant}, "
+                         f"but they were given as {said}: pass vacuum={not vacuum} "
+                         "(a LAMOST file's WAVELENGTH column is in vacuum)")
+
+
+def _fit_setup(model, window, segments):
+    """(emulator, fit grid, window, segments) for the fitting functions' arguments."""
     segments = check_intervals(segments)
     window = fit_window(window, segments)
     emulator = load_model(model)
     grid = lamost_fit_grid(emulator.grid, window)
     if note := window_note(grid, window):
-        warnings.warn(note, stacklevel=2)
-    reads = [r for p in paths for r in read_for_fit(p, grid, window)]
+        warnings.warn(note, stacklevel=3)
+    return emulator, grid, window, segments
+
+
+def _fit_reads(reads, emulator, grid: LogGrid, segments, *, mdegree: int, adegree: int,
+               **options):
+    """The Table of ``reads`` (ReadResults): the readable ones fitted as one batch with
+    ``options`` (``fit_spectrum_group``'s), the others as failure rows."""
     reasons = [r.reason for r in reads]
     ok = [i for i, r in enumerate(reads) if r.spectrum is not None]
     columns = empty_columns(len(reads))
     if ok:
         fm = build_forward_model(emulator, grid, degree=mdegree, adegree=adegree,
                                  segments=segments)
-        fitted, fit_reasons = fit_spectra(fm, [reads[i].spectrum for i in ok], method=method,
-                                          clean=clean, start=start, weighting=weighting,
-                                          max_iter=max_iter, devices=devices, errors=errors,
-                                          mask=mask)
+        fitted, fit_reasons = fit_spectrum_group(fm, [reads[i].spectrum for i in ok], **options)
         for name, values in fitted.items():
             columns[name][ok] = values
         for k, i in enumerate(ok):

@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxlasp.api import (
     COLUMNS, DEMO_MODEL, DESCRIPTIONS, GLOBAL_START, INTEGER_COLUMNS, READ_ERROR, UNITS,
-    check_method, empty_columns, fit_spectra, initial_points, load_model, make_table, read_for_fit)
+    check_method, empty_columns, fit_spectrum_group, initial_points, load_model, make_table, read_for_fit)
 from jaxlasp.fit.errors import check_errors
 from jaxlasp.grids import LogGrid, lamost_fit_grid, window_note
 from jaxlasp.io import get_reader
@@ -75,7 +75,7 @@ CATALOG_UNITS = {**UNITS, "ra": "deg", "dec": "deg"}
 
 @dataclass(frozen=True)
 class FitOptions:
-    """What to fit and how (the CLI's options); see ``jaxlasp.api.fit_spectra``."""
+    """What to fit and how (the CLI's options); see ``jaxlasp.api.fit_files``."""
 
     method: str = "lm"
     clean: bool = False
@@ -328,7 +328,7 @@ def fit_group(fm: ForwardModel, group: list[Record], options: FitOptions, capaci
         spectra = [group[k].spectrum for k in good]
         padded = spectra + [spectra[0]] * (capacity - len(spectra))
         try:
-            fitted, fit_reasons = fit_spectra(
+            fitted, fit_reasons = fit_spectrum_group(
                 fm, padded, method=options.method, clean=options.clean, start=options.start,
                 weighting=options.weighting, max_iter=options.max_iter,
                 devices=options.devices, errors=options.errors, mask=options.mask or None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import ELODIE, SAMPLE, need
-from jaxlasp.api import fit_files
+from jaxlasp.api import PYLASP, fit_files
 from jaxlasp.compare import QUANTITIES, differences, format_differences, read_pylasp_csv
 
 # LM-vs-CurveFit tolerances (issue 4 asks Adam to meet them against LM): median and max |Δ|.
@@ -14,8 +14,8 @@ MAXIMUM = {"rv": 0.3, "teff": 15.0, "logg": 0.03, "feh": 0.015}
 
 def test_adam_matches_lm_on_the_sample():
     paths = sorted(need(SAMPLE / "fits").glob("*.fits"))
-    lm = fit_files(paths, need(ELODIE))
-    adam = fit_files(paths, ELODIE, method="adam")
+    lm = fit_files(paths, need(ELODIE), **PYLASP)
+    adam = fit_files(paths, ELODIE, method="adam", **PYLASP)
     assert np.all(adam["converged"]) and list(adam["id"]) == list(lm["id"])
     for q in MEDIAN:
         delta = np.abs(np.asarray(adam[q]) - np.asarray(lm[q]))
@@ -40,8 +40,8 @@ def test_adam_clean_matches_lm_clean():
     setting).
     """
     paths = sorted(need(SAMPLE / "fits").glob("*.fits"))
-    lm = fit_files(paths, need(ELODIE), clean=True)
-    adam = fit_files(paths, ELODIE, method="adam", clean=True)
+    lm = fit_files(paths, need(ELODIE), clean=True, **PYLASP)
+    adam = fit_files(paths, ELODIE, method="adam", clean=True, **PYLASP)
     assert np.all(adam["converged"]) and list(adam["id"]) == list(lm["id"])
     for q in QUANTITIES:
         delta = np.abs(np.asarray(adam[q]) - np.asarray(lm[q]))

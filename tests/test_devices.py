@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(f"""
     for name, start, clean in (("global", "global", False), ("fixed_clean", (5500, 4, 0), True)):
         for devices in (1, 4):
             table = fit_arrays(mock.flux, emulator, weights=mock.weights, start=start,
-                               clean=clean, devices=devices)
+                               errors="laplace", clean=clean, devices=devices)
             for column in ("rv", "rv_err", "teff", "teff_err", "logg", "logg_err", "feh",
                            "feh_err", "flags", "converged", "n_clean"):
                 out[f"{{name}}-{{devices}}-{{column}}"] = np.asarray(table[column])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import ELODIE, SAMPLE, need
-from jaxlasp.api import READ_ERROR, fit_arrays, fit_files
+from jaxlasp.api import PYLASP, READ_ERROR, fit_arrays, fit_files
 from jaxlasp.fit.driver import FEW_PIXELS, NONFINITE
 
 IDS = ["3706009", "3709197", "3713139"]
@@ -18,12 +18,12 @@ def paths():
 
 @pytest.fixture(scope="module")
 def batch_table(paths):
-    return fit_files(paths, need(ELODIE))
+    return fit_files(paths, need(ELODIE), **PYLASP)
 
 
 def test_batch_equals_one_at_a_time(paths, batch_table):
     for k, path in enumerate(paths):
-        single = fit_files([path], ELODIE)
+        single = fit_files([path], ELODIE, **PYLASP)
         for col in ("rv", "teff", "logg", "feh", "teff_err", "loss"):
             assert single[col][0] == pytest.approx(batch_table[col][k], rel=1e-8), col
         assert single["n_iter"][0] == batch_table["n_iter"][k]
@@ -41,7 +41,7 @@ def test_table_columns_and_units(batch_table):
 def test_bad_file_gets_a_row_and_the_rest_are_fitted(paths, batch_table, tmp_path):
     junk = tmp_path / "junk.fits"
     junk.write_text("not a FITS file")
-    table = fit_files([paths[0], junk, paths[1]], ELODIE)
+    table = fit_files([paths[0], junk, paths[1]], ELODIE, **PYLASP)
     assert list(table["id"]) == [IDS[0], "junk", IDS[1]]
     assert table["flags"][1] == READ_ERROR and not table["converged"][1]
     assert np.isnan(table["teff"][1]) and "junk.fits" in table["reason"][1]
@@ -59,7 +59,7 @@ def test_unusable_spectra_are_flagged_not_raised(elodie, method):
     flux = np.stack([good, np.full(grid.n, np.nan), good])
     weights = np.ones_like(flux)
     weights[2, 60:] = 0.0  # only 60 usable pixels
-    table = fit_arrays(flux, elodie, weights=weights, method=method)
+    table = fit_arrays(flux, elodie, weights=weights, method=method, **PYLASP)
     assert table["converged"][0] and table["flags"][0] == 0
     assert table["flags"][1] & NONFINITE and not table["converged"][1]
     assert table["flags"][2] & FEW_PIXELS and not table["converged"][2]
@@ -73,14 +73,15 @@ def test_out_of_domain_start_is_a_clear_error(elodie):
 
 
 def test_per_spectrum_starts(paths):
-    table = fit_files(paths[:2], ELODIE, start=[(5900.0, 4.2, -0.3), (6000.0, 4.1, -0.4)])
+    table = fit_files(paths[:2], ELODIE, start=[(5900.0, 4.2, -0.3), (6000.0, 4.1, -0.4)],
+                      errors="laplace")
     assert np.all(table["converged"])
 
 
 def test_iteration_cap_is_flagged(paths):
     from jaxlasp.fit.driver import NOT_CONVERGED
 
-    table = fit_files(paths[:1], ELODIE, max_iter=2)
+    table = fit_files(paths[:1], ELODIE, max_iter=2, **PYLASP)
     assert table["flags"][0] & NOT_CONVERGED and not table["converged"][0]
     assert table["n_iter"][0] == 2
 
@@ -109,7 +110,7 @@ def test_degenerate_solution_is_flagged(elodie):
 
 
 def test_adam_through_the_same_entry_point(paths, batch_table):
-    table = fit_files(paths, ELODIE, method="adam")
+    table = fit_files(paths, ELODIE, method="adam", **PYLASP)
     assert list(table["id"]) == IDS and np.all(table["converged"])
     for col in ("teff", "logg", "feh", "rv"):
         assert np.all(np.abs(table[col] - batch_table[col]) < 0.2 * batch_table[col + "_err"]), col

@@ -76,7 +76,7 @@ def test_a_masked_bad_region_changes_nothing(spoiled, elodie, method, clean):
     from jaxlasp.api import fit_files
     from jaxlasp.grids import lamost_fit_grid
 
-    kwargs = dict(start=(6000.0, 4.0, 0.0), clean=clean, method=method)
+    kwargs = dict(start=(6000.0, 4.0, 0.0), errors="laplace", clean=clean, method=method)
     masked = fit_files(list(spoiled), elodie, mask=[(4990.0, 5060.0)], **kwargs)
     plain = fit_files(list(spoiled), elodie, **kwargs)
     assert list(masked["converged"]) == [True, True]
@@ -93,7 +93,8 @@ def test_a_masked_bad_region_changes_nothing(spoiled, elodie, method, clean):
 def test_a_fully_masked_spectrum_is_a_flagged_row(spoiled, elodie):
     from jaxlasp.api import fit_files
 
-    table = fit_files(list(spoiled), elodie, start=(6000.0, 4.0, 0.0), mask=[(4000.0, 6000.0)])
+    table = fit_files(list(spoiled), elodie, start=(6000.0, 4.0, 0.0), errors="laplace",
+                      mask=[(4000.0, 6000.0)])
     assert table["n_pixels"].tolist() == [0, 0]
     assert not any(table["converged"])
     assert all("not_fitted" in r for r in table["reason"])
@@ -110,8 +111,10 @@ def test_a_pixel_mask_array_equals_its_intervals(elodie):
     flux = spectrum.normalised_flux()
     intervals = [(4990.0, 5060.0), (5160.0, 5190.0)]
     pixels = masked_pixels(grid.centres, check_intervals(intervals))
-    by_intervals = fit_arrays(flux, elodie, start=(6000.0, 4.0, 0.0), mask=intervals)
-    by_pixels = fit_arrays(flux, elodie, start=(6000.0, 4.0, 0.0), mask=pixels)
+    by_intervals = fit_arrays(flux, elodie, start=(6000.0, 4.0, 0.0), errors="laplace",
+                              mask=intervals)
+    by_pixels = fit_arrays(flux, elodie, start=(6000.0, 4.0, 0.0), errors="laplace",
+                           mask=pixels)
     for name in ("rv", "teff", "logg", "feh", "n_pixels"):
         assert by_pixels[name][0] == by_intervals[name][0], name
     assert by_pixels["n_pixels"][0] == grid.n - pixels.sum()  # default weights: all pixels

@@ -317,7 +317,7 @@ def test_fit_recovers_the_truth():
     mocks = simulate(emulator, truth, snr=[np.inf] * 5 + [100.0] * 5, seed=22)
     start = np.c_[truth.teff * 1.05, truth.logg - 0.3, truth.feh + 0.2]
     table = jaxlasp.fit_arrays(mocks.flux, emulator, weights=mocks.weights, grid=mocks.grid,
-                               start=start, ids=mocks.ids)
+                               start=start, errors="laplace", ids=mocks.ids)
     assert list(table["id"]) == list(mocks.ids)
     assert np.all(table["converged"])
     exact = slice(0, 5)

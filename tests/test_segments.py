@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ELODIE, SAMPLE, need
 from helpers import edited_lamost_copy
+from jaxlasp.api import PYLASP
 from jaxlasp.grids import lamost_fit_grid
 from jaxlasp.spectral.continuum import legendre_basis, segment_basis
 
@@ -57,7 +58,8 @@ def test_one_segment_scaled_changes_nothing(recalibrated, elodie, method, clean)
     (with unit weights a scaled segment weighs more in χ², and the optimum moves)."""
     from jaxlasp.api import fit_files
 
-    kwargs = dict(start=(6000.0, 4.0, 0.0), method=method, clean=clean, weighting="ivar")
+    kwargs = dict(start=(6000.0, 4.0, 0.0), errors="laplace", method=method, clean=clean,
+                  weighting="ivar")
     table = fit_files(list(recalibrated), elodie, segments=SEGMENTS, **kwargs)
     assert list(table["converged"]) == [True, True]
     for name in ("rv", "teff", "logg", "feh"):
@@ -76,8 +78,8 @@ def test_one_segment_over_the_window_is_the_default_fit(elodie):
     from jaxlasp.api import fit_files
 
     paths = [need(SAMPLE / "fits" / f"{i}.fits") for i in ("3706009", "3713134")]
-    default = fit_files(paths, elodie)
-    segmented = fit_files(paths, elodie, segments=[(4200.0, 5700.0)])
+    default = fit_files(paths, elodie, **PYLASP)
+    segmented = fit_files(paths, elodie, segments=[(4200.0, 5700.0)], **PYLASP)
     for name in ("rv", "teff", "logg", "feh", "teff_err", "n_pixels"):
         np.testing.assert_allclose(segmented[name], default[name], rtol=1e-6, err_msg=name)
 

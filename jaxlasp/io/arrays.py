@@ -147,8 +147,8 @@ def flux_normaliser(flux: np.ndarray) -> float:
 
 
 def spectrum_from_arrays(wave, flux, ivar=None, mask=None, *, id: str = "spectrum",
-                         vacuum: bool = False,
-                         window: tuple[float, float] | None = None) -> Spectrum:
+                         vacuum: bool = False, window: tuple[float, float] | None = None,
+                         resample: bool = False) -> Spectrum:
     """A ``Spectrum`` from arrays sampled on any grid.
 
     wave: (n,) pixel centres [Å], strictly monotonic (decreasing input is reversed), air unless
@@ -160,7 +160,8 @@ def spectrum_from_arrays(wave, flux, ivar=None, mask=None, *, id: str = "spectru
     ``read_lamost`` keeps a LAMOST file's (mask bits go to ``andmask``, ``median`` is
     max(nanmedian(flux), 1)). Otherwise the arrays are resampled (``rebin``) onto the LAMOST
     lattice pixels inside their coverage; pixels without good data get ivar 0 and
-    ``finite = False``, and ``median`` comes from the resampled pixels. Raises ValueError for
+    ``finite = False``, and ``median`` comes from the resampled pixels; ``resample`` resamples
+    a uniform grid too (one whose pixels are not the lattice's). Raises ValueError for
     inconsistent shapes or a non-monotonic ``wave``, SpectrumFileError when the window is not
     covered.
     """
@@ -179,7 +180,7 @@ def spectrum_from_arrays(wave, flux, ivar=None, mask=None, *, id: str = "spectru
     shift = VACUUM_LN_SHIFT if vacuum else 0.0
     grid = log_uniform_grid(np.log(wave) - shift)
     source = f"spectrum {id}"
-    if grid is not None:
+    if grid is not None and not resample:
         flux32 = flux.astype(np.float32)
         return windowed_spectrum(id, grid, flux32, ivar.astype(np.float32), mask.astype(np.int32),
                                  max(float(np.nanmedian(flux32)), 1.0), window, source)
@@ -202,6 +203,11 @@ def from_specutils(spectrum, *, id: str = "spectrum", vacuum: bool = False,
     the wavelengths are in vacuum is not recorded by specutils: say so with ``vacuum``. For a
     multi-spectrum object pass its rows, ``[from_specutils(s[i]) for i in ...]``.
     """
+    return spectrum_from_arrays(*specutils_arrays(spectrum), id=id, vacuum=vacuum, window=window)
+
+
+def specutils_arrays(spectrum) -> tuple:
+    """(wave [Å], flux, ivar or None, mask or None) of a one-dimensional specutils spectrum."""
     import astropy.units as u
     from astropy.nddata import InverseVariance
 
@@ -211,5 +217,4 @@ def from_specutils(spectrum, *, id: str = "spectrum", vacuum: bool = False,
     wave = spectrum.spectral_axis.to_value(u.AA, equivalencies=u.spectral())
     ivar = (None if spectrum.uncertainty is None
             else spectrum.uncertainty.represent_as(InverseVariance).array)
-    return spectrum_from_arrays(wave, np.asarray(spectrum.flux.value), ivar, spectrum.mask,
-                                id=id, vacuum=vacuum, window=window)
+    return wave, np.asarray(spectrum.flux.value), ivar, spectrum.mask
