@@ -200,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
                                             "$JAXLASP_MODEL, else demo)")
     _common(info)
 
+    compare = sub.add_parser("compare", help="compare a catalog with a reference catalog "
+                                             "(jaxlasp, PyLASP CSV, LAMOST LASP)")
+    compare.add_argument("catalog", help="a jaxlasp catalog (CSV, ECSV, FITS, Parquet)")
+    compare.add_argument("reference", help="a reference: a jaxlasp catalog, PyLASP's results "
+                                           "CSV or LAMOST's LASP catalog (FITS or CSV)")
+    compare.add_argument("--plot", metavar="PNG", help="also draw Δ against the reference value")
+    _common(compare)
+
     spectrum = sub.add_parser("spectrum", help="print one model spectrum on the LAMOST grid")
     _model_option(spectrum)
     spectrum.add_argument("--teff", type=float, default=5800.0, help="effective temperature [K]")
@@ -511,8 +519,34 @@ def cmd_demo(args) -> int:
         raise UsageError(str(err)) from err
 
 
+def cmd_compare(args) -> int:
+    from jaxlasp.compare import QUANTITIES, compare_catalogs, plot_comparison, read_reference
+
+    try:
+        catalog, reference = read_reference(args.catalog), read_reference(args.reference)
+    except (OSError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    summary = compare_catalogs(catalog, reference)
+    units = {"rv": "km/s", "teff": "K", "logg": "dex", "feh": "dex"}
+    print(f"# {args.catalog} − {args.reference}: rows matched by OBSID, else by id")
+    print(f"{'parameter':>10} {'n':>6} {'median Δ':>10} {'scatter':>10} {'max |Δ|':>10}  unit")
+    for q in QUANTITIES:
+        if q in summary:
+            s = summary[q]
+            print(f"{q:>10} {s['n']:6d} {s['median']:10.4g} {s['scatter']:10.4g} "
+                  f"{s['max']:10.4g}  {units[q]}")
+    if not any(s["n"] for s in summary.values()):
+        log.error("no rows matched: the catalogs share no OBSID or id")
+        return EXIT_BAD_INPUT
+    if args.plot:
+        plot_comparison(summary, args.plot, labels=(Path(args.catalog).stem,
+                                                    Path(args.reference).stem))
+        log.info("wrote %s", args.plot)
+    return 0
+
+
 COMMANDS = {"fit": cmd_fit, "demo": cmd_demo, "plot": cmd_plot, "info": cmd_info,
-            "spectrum": cmd_spectrum}
+            "spectrum": cmd_spectrum, "compare": cmd_compare}
 
 
 def parse_arguments(argv: list[str]):
