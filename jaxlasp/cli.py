@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--index", type=int, default=0,
                       help="which spectrum of a multi-spectrum file (default 0)")
     plot.add_argument("--from-catalog", metavar="CATALOG",
-                      help="take the parameters from this catalog's row for the spectrum "
-                           "instead of fitting")
+                      help="draw the fit of this catalog's row: the spectrum fitted again "
+                           "with the options the catalog recorded (Clean mask included), "
+                           "checked against the row")
     plot.add_argument("-o", "--output", default="fit.png", help="image file (default fit.png)")
     _compile_cache_option(plot)
     _common(plot)
@@ -442,15 +443,29 @@ def cmd_spectrum(args) -> int:
     return 0
 
 
-def _catalog_row(catalog_path, spectrum_id: str, path: str):
+def _catalog(catalog_path):
+    """(catalog table, its recorded fit options or {}); UsageError when it cannot be read."""
+    import json
+
     from jaxlasp.io.catalog import CatalogError, read_catalog
 
     try:
         table = read_catalog(catalog_path)
     except CatalogError as err:
         raise UsageError(str(err)) from err
-    rows = [row for row in table if ("path" in table.colnames and row["path"] == path)
-            or row["id"] == spectrum_id]
+    try:
+        options = json.loads(table.meta.get("options") or "{}")
+    except (TypeError, ValueError):
+        options = {}
+    return table, options
+
+
+def _catalog_row(table, catalog_path, spectrum_id: str, path: str):
+    """The catalog's row for the spectrum (by id, within the rows of its file where the catalog
+    has paths); UsageError when there is none or it holds no parameters."""
+    rows = [row for row in table if row["id"] == spectrum_id
+            and ("path" not in table.colnames or row["path"] == path)]
+    rows = rows or [row for row in table if row["id"] == spectrum_id]
     if not rows:
         raise UsageError(f"{catalog_path}: no row for spectrum {spectrum_id}")
     row = rows[0]
@@ -460,17 +475,35 @@ def _catalog_row(catalog_path, spectrum_id: str, path: str):
     return row
 
 
+def _options_from_catalog(args, options: dict) -> None:
+    """Set the fit arguments of ``args`` to the options a catalog recorded (its run's)."""
+    for key in ("method", "clean", "errors", "weighting", "mdegree", "adegree"):
+        if key in options:
+            setattr(args, key, options[key])
+    if "start" in options:
+        args.start = options["start"] if isinstance(options["start"], str) else tuple(
+            options["start"])
+    for key in ("mask", "segments"):
+        if options.get(key):
+            setattr(args, key, [tuple(pair) for pair in options[key]])
+    if options.get("window") and not options.get("segments"):
+        args.window = tuple(options["window"])
+
+
 def cmd_plot(args) -> int:
     import jax.numpy as jnp
 
     from jaxlasp.api import (
-        fit, initial_points, lamost_weights, mask_weights, read_for_fit, result_columns)
+        describe_flags, fit, initial_points, lamost_weights, mask_weights, read_for_fit,
+        result_columns)
     from jaxlasp.grids import lamost_fit_grid, window_note
-    from jaxlasp.mock import kms_to_pixels
-    from jaxlasp.model import (
-        build_forward_model, components, fitted_pixels, theta_from_physical)
+    from jaxlasp.model import build_forward_model, components, fitted_pixels
     from jaxlasp.plot import plot_fit
 
+    catalog = None
+    if args.from_catalog:  # the catalog's own options: its fit, Clean mask included, again
+        catalog, options = _catalog(args.from_catalog)
+        _options_from_catalog(args, options)
     emulator, _ = load_model(args.model)
     if not isinstance(args.start, str):
         check_domain(emulator, *args.start, "--start")
@@ -486,28 +519,45 @@ def cmd_plot(args) -> int:
     spectrum = reads[args.index].spectrum
     if spectrum is None:
         raise UsageError(reads[args.index].reason)
+    catalog_row = (None if catalog is None else
+                   _catalog_row(catalog, args.from_catalog, spectrum.id, args.spectrum))
     flux = spectrum.normalised_flux()
     weights = mask_weights(lamost_weights(spectrum, args.weighting)[None], args.mask or None,
                            fm.grid)[0] * fitted_pixels(fm)
-    if args.from_catalog:
-        row = _catalog_row(args.from_catalog, spectrum.id, args.spectrum)
-        theta = theta_from_physical(row["teff"], row["logg"], row["feh"], row["rv"],
-                                    kms_to_pixels(row["sigma"], fm.grid.step))
-        used, label = weights > 0, f"parameters from {args.from_catalog}"
-    else:
-        result = fit(fm, initial_points(args.start, 1, fm), flux[None], weights[None],
-                     method=args.method, clean=args.clean, max_iter=None, errors=args.errors)
-        row = {k: v[0] for k, v in result_columns(result, fm.grid).items()}
-        theta = np.asarray(result.theta[0])
-        used = np.asarray(result.mask[0], bool) & (weights > 0)
-        label = f"{args.method}{' + Clean' if args.clean else ''} fit"
+    result = fit(fm, initial_points(args.start, 1, fm), flux[None], weights[None],
+                 method=args.method, clean=args.clean, max_iter=None, errors=args.errors)
+    row = {k: v[0] for k, v in result_columns(result, fm.grid).items()}
+    label = f"{args.method}{' + Clean' if args.clean else ''} fit"
+    if catalog_row is not None:
+        label += f", as in {Path(args.from_catalog).name}"
+        _check_reproduced(row, catalog_row, args.from_catalog)
+    theta = np.asarray(result.theta[0])
+    used = np.asarray(result.mask[0], bool) & (weights > 0)
     comps = components(fm, jnp.asarray(theta), jnp.asarray(flux), jnp.asarray(used * weights))
-    title = (f"{spectrum.id}: RV {row['rv']:.2f} km/s, Teff {row['teff']:.0f} K, log g "
-             f"{row['logg']:.3f}, [Fe/H] {row['feh']:.3f} ({label})")
+    flags = describe_flags(row["flags"]) or "no flags"
+    title = (f"{spectrum.id} ({label})\nRV {row['rv']:.2f} ± {row['rv_err']:.2f} km/s, "
+             f"Teff {row['teff']:.0f} ± {row['teff_err']:.0f} K, log g {row['logg']:.3f} ± "
+             f"{row['logg_err']:.3f}, [Fe/H] {row['feh']:.3f} ± {row['feh_err']:.3f}; "
+             f"loss {row['loss']:.4g}, {int(row['n_pixels'])} pixels, "
+             f"{int(row['n_clean'])} rejected by Clean; {flags}")
+    noise = np.where(spectrum.ivar > 0, 1.0 / np.sqrt(np.maximum(spectrum.ivar, 1e-300))
+                     / spectrum.median, np.nan)
     plot_fit(fm.grid.centres, flux, comps, used, title, args.output, masked=args.mask,
-             segments=args.segments)
+             segments=args.segments, noise=noise)
     log.info("wrote %s", args.output)
     return 0
+
+
+def _check_reproduced(row: dict, catalog_row, catalog: str) -> None:
+    """Warn when the plot's refit is not the catalog's fit (other options, model or code)."""
+    for name in ("rv", "teff", "logg", "feh"):
+        error = float(catalog_row[f"{name}_err"])
+        scale = error if np.isfinite(error) and error > 0 else 1.0
+        if not abs(float(row[name]) - float(catalog_row[name])) <= 1e-3 * scale:
+            log.warning("the plotted fit differs from %s's row: %s %.6g here, %.6g there (was "
+                        "it made with another model or jaxlasp version?)", catalog, name,
+                        float(row[name]), float(catalog_row[name]))
+            return
 
 
 def cmd_demo(args) -> int:

@@ -13,13 +13,22 @@ def _pyplot():
     return plt
 
 
-def plot_fit(wave, flux, comps, used, title: str, path, masked=(), segments=()) -> None:
-    """Observed vs model spectrum, residuals with excluded pixels marked, and the polynomial.
+ZOOMS = ((4841.0, 4881.0, "Hβ"), (5160.0, 5195.0, "Mg b"))
+"""Wavelength windows [Å, air] drawn enlarged under a fit: the lines that carry most of the
+information on Teff (Hβ) and log g (the Mg b triplet)."""
+
+
+def plot_fit(wave, flux, comps, used, title: str, path, masked=(), segments=(), noise=None,
+             zooms=ZOOMS) -> None:
+    """Observed vs model spectrum, residuals with excluded pixels marked, the polynomial, and
+    enlarged windows on the strongest lines.
 
     wave: (n,) Å; flux: (n,) observed; comps: ``jaxlasp.model.Components`` of the fit;
     used: (n,) bool, pixels the fit used (the others — weight 0 or rejected by Clean — are marked);
     masked: wavelength intervals ((lo, hi), … [Å]) left out by a mask, shaded in every panel;
-    segments: the (lo, hi) windows of a segmented fit, their ends drawn as dashed lines.
+    segments: the (lo, hi) windows of a segmented fit, their ends drawn as dashed lines;
+    noise: (n,) 1σ of the flux (NaN where unknown), drawn as a band around zero residual;
+    zooms: (lo, hi, label) windows [Å] drawn enlarged (those inside ``wave``).
     """
     plt = _pyplot()
     wave, flux, used = np.asarray(wave), np.asarray(flux), np.asarray(used, bool)
@@ -28,14 +37,23 @@ def plot_fit(wave, flux, comps, used, title: str, path, masked=(), segments=()) 
         between = ~np.any([(wave >= lo) & (wave <= hi) for lo, hi in segments], axis=0)
         model, poly = np.where(between, np.nan, model), np.where(between, np.nan, poly)
         used = used | between  # not marked as excluded: no pixel there is fitted
-    fig, (top, mid, bottom) = plt.subplots(3, 1, sharex=True, figsize=(11, 7),
-                                           gridspec_kw={"height_ratios": [3, 1.3, 1]})
+    zooms = [z for z in zooms if z[0] >= wave[0] and z[1] <= wave[-1]]
+    fig = plt.figure(figsize=(11, 9.5 if zooms else 7))
+    grid = fig.add_gridspec(4 if zooms else 3, max(len(zooms), 1),
+                            height_ratios=[3, 1.3, 1, 2.2][:4 if zooms else 3])
+    top = fig.add_subplot(grid[0, :])
+    mid = fig.add_subplot(grid[1, :], sharex=top)
+    bottom = fig.add_subplot(grid[2, :], sharex=top)
     top.plot(wave, flux, lw=0.7, color="0.2", label="observed")
     top.plot(wave, model, lw=0.7, color="tab:red", label="model × polynomial")
     top.plot(wave[~used], flux[~used], "x", ms=4, color="tab:orange", label="excluded pixels")
     top.set_ylabel("flux (normalised)")
-    top.set_title(title, fontsize=10)
+    top.set_title(title, fontsize=9)
     top.legend(loc="lower right", fontsize=8)
+    if noise is not None:
+        mid.fill_between(wave, -np.asarray(noise), np.asarray(noise), color="tab:blue",
+                         alpha=0.2, lw=0, label="±1σ noise")
+        mid.legend(loc="lower right", fontsize=7)
     mid.plot(wave, flux - model, lw=0.6, color="0.3")
     mid.plot(wave[~used], (flux - model)[~used], "x", ms=4, color="tab:orange")
     mid.axhline(0, color="tab:red", lw=0.6)
@@ -43,14 +61,31 @@ def plot_fit(wave, flux, comps, used, title: str, path, masked=(), segments=()) 
     bottom.plot(wave, poly, color="tab:blue", lw=0.8)
     bottom.set_ylabel("polynomial")
     bottom.set_xlabel("wavelength [Å, air]")
+    panels = [top, mid, bottom]
+    for k, (lo, hi, label) in enumerate(zooms):
+        ax = fig.add_subplot(grid[3, k])
+        inside = (wave >= lo) & (wave <= hi)
+        ax.plot(wave[inside], flux[inside], lw=0.9, color="0.2")
+        ax.plot(wave[inside], model[inside], lw=0.9, color="tab:red")
+        out = inside & ~used
+        ax.plot(wave[out], flux[out], "x", ms=4, color="tab:orange")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("wavelength [Å, air]")
+        for axis in (top, mid, bottom):
+            axis.axvspan(lo, hi, color="tab:purple", alpha=0.06, zorder=0)
+        panels.append(ax)
+    zoomed = [(ax, lo, hi) for ax, (lo, hi, _) in zip(panels[3:], zooms)]
     for k, (lo, hi) in enumerate(masked):
-        for ax in (top, mid, bottom):
+        for ax in panels:
             ax.axvspan(max(lo, wave[0]), min(hi, wave[-1]), color="0.85", zorder=0,
                        label="masked" if (k == 0 and ax is top) else None)
     for lo, hi in segments:
-        for ax in (top, mid, bottom):
+        for ax in panels:
             for edge in (lo, hi):
                 ax.axvline(edge, color="tab:green", lw=0.7, ls="--", zorder=0)
+    for ax, lo, hi in zoomed:
+        ax.set_xlim(lo, hi)
+    top.set_xlim(wave[0], wave[-1])
     if masked:
         top.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -153,3 +153,34 @@ def test_plot_a_fit_and_a_catalog_row(catalogs, tmp_path, capsys):
     table[table["id"] != "3706009"].write(other)  # a catalog without this spectrum
     assert main(["plot", spectrum, "--model", str(ELODIE), "--from-catalog", str(other)]) == 2
     assert "no row for spectrum 3706009" in capsys.readouterr().err
+
+
+def test_plot_from_a_clean_catalog_draws_the_catalogs_fit(tmp_path, monkeypatch, capsys):
+    """--from-catalog fits the spectrum again with the options the catalog recorded: a Clean
+    catalog's plot has its Clean mask (same pixels used, same rejected count) and its numbers;
+    a row the refit does not reproduce is warned about."""
+    import jaxlasp.plot
+
+    spectrum = str(need(SAMPLE / "fits" / "3713134.fits"))
+    catalog = tmp_path / "clean.ecsv"
+    assert main(["fit", spectrum, "--model", str(ELODIE), "-o", str(catalog), "-q", "--clean",
+                 *PYLASP_START, "--errors", "laplace", "--group-size", "1"]) == 0
+    row = read_catalog(catalog)[0]
+    drawn = {}
+    monkeypatch.setattr(jaxlasp.plot, "plot_fit",
+                        lambda wave, flux, comps, used, title, path, **kw: drawn.update(
+                            used=used, title=title, noise=kw["noise"]))
+    assert main(["plot", spectrum, "--model", str(ELODIE), "--from-catalog", str(catalog),
+                 "-o", str(tmp_path / "p.png")]) == 0  # no --clean: the catalog says so
+    assert row["n_clean"] > 0 and f"{row['n_clean']} rejected by Clean" in drawn["title"]
+    assert int(np.sum(drawn["used"])) == row["n_pixels"]
+    assert f"Teff {row['teff']:.0f} ± {row['teff_err']:.0f} K" in drawn["title"]
+    assert np.isfinite(drawn["noise"]).mean() > 0.9
+    assert "differs" not in capsys.readouterr().err
+
+    edited = read_catalog(catalog)
+    edited["teff"] += 50.0
+    edited.write(tmp_path / "edited.ecsv")
+    assert main(["plot", spectrum, "--model", str(ELODIE), "--from-catalog",
+                 str(tmp_path / "edited.ecsv"), "-o", str(tmp_path / "q.png")]) == 0
+    assert "differs from" in capsys.readouterr().err
