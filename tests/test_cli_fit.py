@@ -81,8 +81,9 @@ def test_survey_columns_link_rows_back_to_the_survey(catalogs, suffix):
         assert (row["ra"], row["dec"]) == (header["RA"], header["DEC"])
         assert [row[f"snr_{b}"] for b in "ugriz"] == [header[f"SNR{b}"] for b in "UGRIZ"]
     assert np.all(table["targetid"] == -1)
-    if suffix != "csv":
-        assert table["ra"].unit == "deg" and "OBSID" in table["obsid"].description
+    assert table["ra"].unit == "deg" and "OBSID" in table["obsid"].description
+    assert table["teff"].unit == "K" and table["teff"].description == "effective temperature"
+    assert "options" in table.meta and "jaxlasp" in table.meta  # CSV: in its commented header
 
 
 def test_existing_catalog_is_not_overwritten_without_resume(catalogs, tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -78,6 +79,8 @@ def write_catalog(table, path) -> None:
     try:
         if fmt == "parquet":
             _write_parquet(table, tmp)
+        elif fmt == "ascii.csv":
+            _write_csv(table, tmp)
         else:
             with warnings.catch_warnings():  # FITS has no 'dex': those units are dropped there
                 warnings.filterwarnings("ignore", message=".*could not be saved in native FITS")
@@ -108,7 +111,8 @@ def read_catalog(path):
 
     fmt = catalog_format(path)
     try:
-        table = _read_parquet(path) if fmt == "parquet" else Table.read(path, format=fmt)
+        table = (_read_parquet(path) if fmt == "parquet" else _read_csv(path)
+                 if fmt == "ascii.csv" else Table.read(path, format=fmt))
     except Exception as err:  # astropy raises many types for corrupt files
         raise CatalogError(f"{path}: cannot read the catalog ({err})") from err
     for key in CATALOG_META:  # FITS keeps header keywords upper case
@@ -122,6 +126,39 @@ def read_catalog(path):
             table[name].description = description
     if "converged" in table.colnames and table["converged"].dtype.kind in "USO":
         table["converged"] = np.isin(np.asarray(table["converged"], str), ("True", "true", "1"))
+    return table
+
+
+CSV_COLUMN_LINE = re.compile(r"^(?P<name>\w+)(?: \[(?P<unit>[^\]]*)\])?: (?P<text>.*)$")
+"""A CSV header line describing a column: ``name [unit]: description``."""
+
+
+def _write_csv(table, path) -> None:
+    """Plain CSV with a commented header ('# ' lines): the catalog's metadata as ``key: value``
+    and each column as ``name [unit]: description``, so units and descriptions survive."""
+    lines = [f"{key}: {table.meta[key]}" for key in CATALOG_META if table.meta.get(key)]
+    for column in table.itercols():
+        unit = f" [{column.unit}]" if column.unit is not None else ""
+        lines.append(f"{column.name}{unit}: {column.description or ''}")
+    copy = table.copy(copy_data=False)
+    copy.meta = {"comments": lines}
+    copy.write(path, format="ascii.csv", comment="# ", overwrite=True)
+
+
+def _read_csv(path):
+    """A CSV catalog, its commented header (``_write_csv``) turned back into metadata, units and
+    descriptions; a CSV without one reads as it is."""
+    from astropy.table import Table
+
+    table = Table.read(path, format="ascii.csv", comment="#")
+    for line in table.meta.pop("comments", []):
+        key, _, value = line.partition(": ")
+        if key in CATALOG_META:
+            table.meta[key] = value
+        elif (match := CSV_COLUMN_LINE.match(line)) and match["name"] in table.colnames:
+            column = table[match["name"]]
+            column.unit = match["unit"] or None
+            column.description = match["text"] or None
     return table
 
 
