@@ -535,17 +535,26 @@ def cmd_plot(args) -> int:
     used = np.asarray(result.mask[0], bool) & (weights > 0)
     comps = components(fm, jnp.asarray(theta), jnp.asarray(flux), jnp.asarray(used * weights))
     flags = describe_flags(row["flags"]) or "no flags"
+    noise = np.where(spectrum.ivar > 0, 1.0 / np.sqrt(np.maximum(spectrum.ivar, 1e-300))
+                     / spectrum.median, np.nan)
     title = (f"{spectrum.id} ({label})\nRV {row['rv']:.2f} ± {row['rv_err']:.2f} km/s, "
              f"Teff {row['teff']:.0f} ± {row['teff_err']:.0f} K, log g {row['logg']:.3f} ± "
              f"{row['logg_err']:.3f}, [Fe/H] {row['feh']:.3f} ± {row['feh_err']:.3f}; "
-             f"loss {row['loss']:.4g}, {int(row['n_pixels'])} pixels, "
-             f"{int(row['n_clean'])} rejected by Clean; {flags}")
-    noise = np.where(spectrum.ivar > 0, 1.0 / np.sqrt(np.maximum(spectrum.ivar, 1e-300))
-                     / spectrum.median, np.nan)
+             f"{_reduced_chi2(flux, comps, used, noise)}loss {row['loss']:.4g}, "
+             f"{int(row['n_pixels'])} pixels, {int(row['n_clean'])} rejected by Clean; {flags}")
     plot_fit(fm.grid.centres, flux, comps, used, title, args.output, masked=args.mask,
              segments=args.segments, noise=noise)
     log.info("wrote %s", args.output)
     return 0
+
+
+def _reduced_chi2(flux, comps, used, noise) -> str:
+    """'χ²/dof X, ' against the file's noise (IVAR) over the pixels used, with the 5 parameters
+    and the polynomial coefficients as fitted; '' where the file gives no noise."""
+    scaled = (np.asarray(flux) - np.asarray(comps.model)) / noise
+    good = np.asarray(used, bool) & np.isfinite(scaled)
+    dof = int(good.sum()) - 5 - int(np.size(comps.coefs))
+    return f"χ²/dof {np.sum(scaled[good] ** 2) / dof:.2f}, " if dof > 0 else ""
 
 
 def _check_reproduced(row: dict, catalog_row, catalog: str) -> None:

@@ -176,6 +176,8 @@ def test_plot_from_a_clean_catalog_draws_the_catalogs_fit(tmp_path, monkeypatch,
     assert row["n_clean"] > 0 and f"{row['n_clean']} rejected by Clean" in drawn["title"]
     assert int(np.sum(drawn["used"])) == row["n_pixels"]
     assert f"Teff {row['teff']:.0f} ± {row['teff_err']:.0f} K" in drawn["title"]
+    chi2 = float(drawn["title"].split("χ²/dof ")[1].split(",")[0])
+    assert 0.3 < chi2 < 3.0  # the fit against the file's own IVAR noise
     assert np.isfinite(drawn["noise"]).mean() > 0.9
     assert "differs" not in capsys.readouterr().err
 
