@@ -25,14 +25,13 @@ import time
 import jax
 import numpy as np
 import scipy.optimize
+from sample import load_sample
 
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, start_points
 from jaxlasp.fit.driver import fit_batch
 from jaxlasp.model import LN_TEFF
-from sample import load_sample
 from jaxlasp.reference import NumpyForwardModel, fit_least_squares
-
 
 
 def curve_fit_one(reference: NumpyForwardModel, theta0, flux, weights):

@@ -89,7 +89,7 @@ def main():
                 runs = {}
                 for name, package in (("before", before), ("after", jaxlasp)):
                     fit, fm, theta0, flux, weights = problem(package, size)
-                    runs[name] = (lambda f=fit, m=fm, t=theta0, x=flux, w=weights:  # noqa: E731
+                    runs[name] = (lambda f=fit, m=fm, t=theta0, x=flux, w=weights:
                                   jax.block_until_ready(f(m, t, x, w, use_clean=mode == "clean")))
                 first, results = {}, {}
                 for name, run in runs.items():

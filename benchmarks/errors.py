@@ -16,12 +16,12 @@ import time
 
 import jax
 import numpy as np
+from sample import load_sample
 
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, result_columns, start_points
 from jaxlasp.fit.driver import fit_batch
 from jaxlasp.fit.errors import FAST_ITERATIONS, PROFILE_STEP, profile_errors
-from sample import load_sample
 
 
 def timed(fn, repeats: int) -> tuple[float, float, object]:
@@ -52,9 +52,9 @@ def main():
         flux = np.resize(flux25, (size, fm.grid.n))
         weights = np.resize(weights25, (size, fm.grid.n))
         theta0 = start_points(DEFAULT_START, size)
-        lm_first, lm_s, result = timed(lambda: fit_batch(fm, theta0, flux, weights),  # noqa: B023
+        lm_first, lm_s, result = timed(lambda: fit_batch(fm, theta0, flux, weights),
                                        args.repeats)
-        pr_first, pr_s, _ = timed(lambda: profile_errors(fm, result, flux, weights),  # noqa: B023
+        pr_first, pr_s, _ = timed(lambda: profile_errors(fm, result, flux, weights),
                                   args.repeats)
         print(f"| {size} | {1e3 * lm_s / size:.2f} | {1e3 * pr_s / size:.2f} | "
               f"{pr_s / lm_s:.2f} | {lm_first:.1f}, {pr_first:.1f} |", flush=True)

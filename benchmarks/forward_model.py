@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxlasp  # noqa: F401  (float64)
+import jaxlasp
 from jaxlasp.grids import LAMOST_LN_STEP, LogGrid
 from jaxlasp.model import build_forward_model, residuals, theta_from_physical
 
@@ -35,7 +35,8 @@ def load_problem():
 
         emulator, data = read_pylasp_group(group)
         flux = data["spectra"].astype(np.float64)
-        return emulator, flux / np.median(flux, axis=1, keepdims=True), "ELODIE 3.2 + 25 LAMOST DR10"
+        normalised = flux / np.median(flux, axis=1, keepdims=True)
+        return emulator, normalised, "ELODIE 3.2 + 25 LAMOST DR10"
     from jaxlasp.emulators.demo import demo_emulator
 
     emulator = demo_emulator()
@@ -79,17 +80,20 @@ def main():
 
     res = jax.jit(jax.vmap(residuals, in_axes=(None, 0, 0, 0)))
     jac = jax.jit(jax.vmap(jax.jacfwd(residuals, argnums=1), in_axes=(None, 0, 0, 0)))
-    print(f"# {source}; device {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}), "
+    cpu = platform.processor() or platform.machine()
+    print(f"# {source}; device {jax.devices()[0].device_kind} ({cpu}), "
           f"{jax.device_count()} device(s), dtype {args.dtype}, fold={not args.no_fold}, "
           f"N={GRID.n} pixels, kernel half-width {fm.halfwidth}, best of {args.repeats}")
-    print(f"{'batch':>6} {'res compile s':>14} {'res ms/spec':>12} {'jac compile s':>14} {'jac ms/spec':>12}")
+    print(f"{'batch':>6} {'res compile s':>14} {'res ms/spec':>12} "
+          f"{'jac compile s':>14} {'jac ms/spec':>12}")
     for b in args.sizes:
         flux = jnp.asarray(np.resize(flux25, (b, GRID.n)), dtype)
         w = jnp.asarray(np.tile(weights, (b, 1)), dtype)
         thetas = jnp.asarray(np.tile(theta0, (b, 1)), dtype)
         rc, rt = timed(res, fm, thetas, flux, w, repeats=args.repeats)
         jc, jt = timed(jac, fm, thetas, flux, w, repeats=args.repeats)
-        print(f"{b:>6} {rc:>14.2f} {1e3 * rt / b:>12.3f} {jc:>14.2f} {1e3 * jt / b:>12.3f}", flush=True)
+        print(f"{b:>6} {rc:>14.2f} {1e3 * rt / b:>12.3f} {jc:>14.2f} {1e3 * jt / b:>12.3f}",
+              flush=True)
 
 
 if __name__ == "__main__":

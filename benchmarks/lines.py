@@ -21,9 +21,10 @@ Printed:
 * the blase3D protocol, reduced to the grid's box: --n-test-teff Teff × 5 log g × 2 [Fe/H] test
   spectra off the nodes (the TGM model's own normalised spectra, noise-free), inferred with
   jaxlasp's LM (exact forward-mode Jacobians of the normalised emulator spectrum, started at the
-  --starts nodes whose clones are nearest, the lowest χ² kept, box = the grid), all spectra in one batch compacted over 32 slots
-  (``jaxlasp.fit.schedule``), for each --amplitude interpolation; batch wall time / spectra and
-  the time of one spectrum alone; mean |error| for Teff below / at or above 7000 K;
+  --starts nodes whose clones are nearest, the lowest χ² kept, box = the grid), all spectra in one
+  batch compacted over 32 slots (``jaxlasp.fit.schedule``), for each --amplitude interpolation;
+  batch wall time / spectra and the time of one spectrum alone; mean |error| for Teff below / at
+  or above 7000 K;
 * --gp spectra spread over the test set inferred by scikit-optimize ``gp_minimize`` (100 random
   + 20 guided evaluations of the RMS loss, Teff within ±500 K of the truth as blase3D) on the
   first --method's emulator with the first --amplitude, with LM on the same spectra.
@@ -37,15 +38,15 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax import lax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-import jaxlasp  # noqa: E402,F401  (float64)
-from jaxlasp.emulators import lines as L  # noqa: E402
-from jaxlasp.emulators.tgm import tgm_flux  # noqa: E402
-from jaxlasp.fit.schedule import run_compacted  # noqa: E402
+import jaxlasp  # noqa: F401  (float64)
+from jaxlasp.emulators import lines as L
+from jaxlasp.emulators.tgm import tgm_flux
+from jaxlasp.fit.schedule import run_compacted
 
 ELODIE = (Path(__file__).resolve().parents[1].parent
           / "shared/data/lamost-dr10-sample/elodie32_flux_tgm_4199-5700.fits")

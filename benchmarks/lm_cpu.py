@@ -19,12 +19,11 @@ import time
 
 import jax
 import numpy as np
+from sample import load_sample
 
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, start_points
 from jaxlasp.fit.driver import PATHS, SLOTS, fit_batch
-from sample import load_sample
-
 
 
 def main():
@@ -35,7 +34,7 @@ def main():
     parser.add_argument("--slots", type=int, nargs="+", default=[SLOTS])
     parser.add_argument("--path", choices=PATHS, default="exact")
     args = parser.parse_args()
-    emulator, fm, flux25, weights25 = load_sample()
+    _, fm, flux25, weights25 = load_sample()
     grid = fm.grid
     print(f"# device {jax.devices()[0].device_kind}, {jax.device_count()} device(s), float64, "
           f"{grid.n} pixels, start {DEFAULT_START}, path {args.path}, median of {args.repeats}, "
@@ -49,7 +48,7 @@ def main():
             theta0 = start_points(DEFAULT_START, size)
             runs, first, times = {}, {}, {}
             for slots in args.slots:
-                runs[slots] = lambda s=slots: jax.block_until_ready(  # noqa: E731
+                runs[slots] = lambda s=slots: jax.block_until_ready(
                     fit_batch(fm, theta0, flux, weights, use_clean=mode == "clean", slots=s,
                               path=args.path))
                 t0 = time.perf_counter()

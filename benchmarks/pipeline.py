@@ -10,10 +10,11 @@ OPTIONS`` runs as its own process on each folder; the steady state is
 (wall time for 500 − wall time for 100) / 400 per spectrum, so start-up and compilation cancel.
 Every process gets the same fresh compilation cache folder, filled by unmeasured runs (one file,
 then the small folder: some programs, such as the Clean schedule's compaction, are compiled for
-shapes the data choose), as a user's later runs would find it. The stage split (read, start, fit, Clean, errors, write,
-fitter idle; ms per spectrum after the first group) is the command's own "timings" line of the
-500-file run. Start-up is reported apart: the wall time of ``fit`` on one file with an empty
-cache (cold) and with the filled one (warm), and the seconds before the first group is done.
+shapes the data choose), as a user's later runs would find it. The stage split (read, start, fit,
+Clean, errors, write, fitter idle; ms per spectrum after the first group) is the command's own
+"timings" line of the 500-file run. Start-up is reported apart: the wall time of ``fit`` on one
+file with an empty cache (cold) and with the filled one (warm), and the seconds before the first
+group is done.
 
 ``--before CHECKOUT`` runs the same commands with an older jaxlasp checkout first on PYTHONPATH
 (e.g. ``git worktree add /tmp/before dca8459``) in the same run, for a before/after table
@@ -37,7 +38,6 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "lamost-dr10-sample"

@@ -9,7 +9,8 @@ from jaxlasp.grids import lamost_fit_grid
 from jaxlasp.io.pylasp_group import read_pylasp_group
 from jaxlasp.model import build_forward_model
 
-GROUP = Path(__file__).resolve().parents[1].parent / "shared/data/lamost-dr10-sample/pylasp_group0.npz"
+GROUP = (Path(__file__).resolve().parents[1].parent
+         / "shared/data/lamost-dr10-sample/pylasp_group0.npz")
 
 
 def load_sample(size: int | None = None):

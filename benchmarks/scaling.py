@@ -34,7 +34,8 @@ import jax
 import jaxlasp
 from jaxlasp.api import fit_arrays, load_model
 from jaxlasp.mock import draw_parameters, simulate
-model, n, devices, method, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
+model, n, devices = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+method, start = sys.argv[4], json.loads(sys.argv[5])
 emulator = load_model(model)
 mock = simulate(emulator, draw_parameters(n, seed=0, domain=emulator.domain), snr=30.0, seed=1)
 def once():

@@ -24,17 +24,20 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sample import load_sample
 
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.emulators.tgm import N_TERMS, regime_design
 from jaxlasp.fit import lm
 from jaxlasp.fit.driver import lm_jacobian, lm_residual, parameter_box
-from jaxlasp.model import (
-    FEH, LN_TEFF, LOGG, MU, SIGMA, broadened, theta_from_physical)
+from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, broadened, theta_from_physical
 from jaxlasp.spectral.broaden import broaden
 from jaxlasp.spectral.continuum import (
-    PolynomialFit, cholesky_lower, polynomial_fit, polynomial_tangents)
-from sample import load_sample
+    PolynomialFit,
+    cholesky_lower,
+    polynomial_fit,
+    polynomial_tangents,
+)
 
 
 def stage_functions(fm):
@@ -141,7 +144,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     b = args.batch
-    emulator, fm, flux, weights = load_sample(b)
+    _, fm, flux, weights = load_sample(b)
     grid = fm.grid
     rng = np.random.default_rng(1)
     teff = np.exp(rng.uniform(np.log(3800.0), np.log(9500.0), b))

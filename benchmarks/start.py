@@ -27,13 +27,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sample import load_sample
 
 import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, start_points
 from jaxlasp.fit.driver import MULTIMODAL, fit_batch
 from jaxlasp.fit.errors import profile_errors
 from jaxlasp.fit.start import fit_multistart
-from sample import load_sample
 
 STAGES = ("start", "fit", "clean", "errors")
 

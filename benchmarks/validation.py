@@ -63,6 +63,7 @@ kind of fit as it finishes, with its wall time) goes to stderr.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -436,7 +437,7 @@ def accuracy_table(fits: dict, truth) -> list[str]:
              "log g bias / scatter | [Fe/H] bias / scatter | flagged |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for snr, fit in fits.items():
-        for lo, hi in zip(TEFF_BINS[:-1], TEFF_BINS[1:]):
+        for lo, hi in itertools.pairwise(TEFF_BINS):
             sel = (truth.teff >= lo) & (truth.teff < hi)
             cells = [bias_scatter(fit[name][sel] - getattr(truth, name)[sel], name)
                      for name, _ in PARAMS]
@@ -513,7 +514,7 @@ def basin_table(fits: dict, truth) -> list[str]:
 
 def pulls_by_teff_table(fits: dict, truth, name: str = "logg") -> list[str]:
     """std (robust width) of one parameter's pulls per S/N and bin of true Teff."""
-    bins = list(zip(PULL_TEFF_BINS[:-1], PULL_TEFF_BINS[1:]))
+    bins = list(itertools.pairwise(PULL_TEFF_BINS))
     lines = ["| S/N | " + " | ".join(f"{lo:.0f}–{hi:.0f} K" for lo, hi in bins) + " |",
              "|---|" + "---:|" * len(bins)]
     for snr, fit in fits.items():
@@ -571,10 +572,12 @@ def repeats_table(runs: dict, truth) -> list[str]:
             z = (x - x.mean()) / x.std()
             lines.append(
                 f"| {label} | {mode} | {ok.sum()} | {np.std(x):.3f} / {robust_scatter(x):.3f} | "
-                f"{np.median(err):.3f} | {np.quantile(ratio, 0.1):.2f}–{np.quantile(ratio, 0.9):.2f} "
+                f"{np.median(err):.3f} | "
+                f"{np.quantile(ratio, 0.1):.2f}–{np.quantile(ratio, 0.9):.2f} "
                 f"| {np.std(pull):.2f} / {robust_scatter(pull):.2f} | "
                 f"{np.std(pull[small]) if small.sum() > 1 else math.nan:.2f} ({small.sum()}) / "
-                f"{np.std(pull[~small]):.2f} | {np.mean(z ** 3):+.2f} / {np.mean(z ** 4) - 3:+.2f} |")
+                f"{np.std(pull[~small]):.2f} | "
+                f"{np.mean(z ** 3):+.2f} / {np.mean(z ** 4) - 3:+.2f} |")
     return lines
 
 

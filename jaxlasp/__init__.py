@@ -11,14 +11,25 @@ import jax
 if not os.environ.get("JAXLASP_NO_X64"):
     jax.config.update("jax_enable_x64", True)
 
-from jaxlasp.api import PYLASP, fit_arrays, fit_files, fit_spectra  # noqa: E402
-from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain, TGMEmulator, tgm_flux  # noqa: E402
-from jaxlasp.grids import LinearGrid, LogGrid  # noqa: E402
-from jaxlasp.model import (  # noqa: E402
-    ForwardModel, batch_residuals, build_forward_model, components, residuals)
+from jaxlasp.api import PYLASP, fit_arrays, fit_files, fit_spectra
+from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain, TGMEmulator, tgm_flux
+from jaxlasp.grids import LinearGrid, LogGrid
+from jaxlasp.model import ForwardModel, batch_residuals, build_forward_model, components, residuals
 
 __all__ = [
-    "Domain", "ELODIE32_DOMAIN", "ForwardModel", "LinearGrid", "LogGrid", "PYLASP", "TGMEmulator",
-    "batch_residuals", "build_forward_model", "components", "fit_arrays", "fit_files",
-    "fit_spectra", "residuals", "tgm_flux",
+    "ELODIE32_DOMAIN",
+    "PYLASP",
+    "Domain",
+    "ForwardModel",
+    "LinearGrid",
+    "LogGrid",
+    "TGMEmulator",
+    "batch_residuals",
+    "build_forward_model",
+    "components",
+    "fit_arrays",
+    "fit_files",
+    "fit_spectra",
+    "residuals",
+    "tgm_flux",
 ]

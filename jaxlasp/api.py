@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
-from functools import lru_cache
-from typing import NamedTuple, Sequence
+from functools import cache
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -16,10 +17,24 @@ from jaxlasp.fit.errors import check_errors, profile_errors
 from jaxlasp.fit.start import fit_multistart, fit_one_method
 from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid, window_note
 from jaxlasp.io.lamost import (
-    FEW_GOOD_PIXELS, NONFINITE_FLUX, NONPOSITIVE_FLUX, VACUUM_LN_SHIFT, Spectrum, file_stem)
+    FEW_GOOD_PIXELS,
+    NONFINITE_FLUX,
+    NONPOSITIVE_FLUX,
+    VACUUM_LN_SHIFT,
+    Spectrum,
+    file_stem,
+)
 from jaxlasp.model import (
-    FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model, fitted_pixels,
-    theta_from_physical)
+    FEH,
+    LN_TEFF,
+    LOGG,
+    MU,
+    SIGMA,
+    ForwardModel,
+    build_forward_model,
+    fitted_pixels,
+    theta_from_physical,
+)
 from jaxlasp.parallel.devices import device_mesh, run_sharded
 from jaxlasp.spectral.continuum import DEGREE
 from jaxlasp.spectral.masks import check_intervals, fit_window, masked_pixels
@@ -164,7 +179,7 @@ def initial_points(start, batch: int, fm: ForwardModel):
     return theta0
 
 
-@lru_cache(maxsize=None)
+@cache
 def group_fitter(method: str, clean: bool, max_iter: int | None, global_start: bool,
                  errors: str = "laplace"):
     """The batch fit as a function of arrays: (fm, flux, weights) for the global start, else

@@ -257,7 +257,12 @@ def model_source(name) -> tuple[str, str]:
     if name == DEMO:
         return DEMO, "embedded DEMO model (synthetic, not ELODIE)"
     from jaxlasp.io.model_files import (
-        NAMED_MODELS, ModelUnavailable, is_named_model, model_dir, named_model_path)
+        NAMED_MODELS,
+        ModelUnavailable,
+        is_named_model,
+        model_dir,
+        named_model_path,
+    )
 
     if is_named_model(name):
         entry = NAMED_MODELS[name]
@@ -432,7 +437,8 @@ def cmd_spectrum(args) -> int:
     wave = grid.centres
     print(f"# jaxlasp model spectrum: {source}")
     print(f"# Teff={args.teff} K logg={args.logg} [Fe/H]={args.feh} RV={args.rv} km/s "
-          f"sigma={args.sigma} km/s ({sigma_px:.3f} px); {grid.n} LAMOST pixels {wave[0]:.3f}-{wave[-1]:.3f} A (air)")
+          f"sigma={args.sigma} km/s ({sigma_px:.3f} px); "
+          f"{grid.n} LAMOST pixels {wave[0]:.3f}-{wave[-1]:.3f} A (air)")
     print("# wavelength_A flux")
     rows = range(grid.n) if args.full else [*range(5), *range(grid.n - 5, grid.n)]
     for i in rows:
@@ -494,8 +500,14 @@ def cmd_plot(args) -> int:
     import jax.numpy as jnp
 
     from jaxlasp.api import (
-        describe_flags, fit, initial_points, lamost_weights, mask_weights, read_for_fit,
-        result_columns)
+        describe_flags,
+        fit,
+        initial_points,
+        lamost_weights,
+        mask_weights,
+        read_for_fit,
+        result_columns,
+    )
     from jaxlasp.grids import lamost_fit_grid, window_note
     from jaxlasp.model import build_forward_model, components, fitted_pixels
     from jaxlasp.plot import plot_fit

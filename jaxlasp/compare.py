@@ -29,7 +29,8 @@ def differences(table, reference: dict[str, dict[str, float]]) -> dict[str, np.n
     for q in QUANTITIES:
         col = PYLASP_COLUMNS[q]
         out[q] = np.array([rows[i][q] - reference[i][col] for i in ids])
-        out[q + "_err"] = np.array([rows[i][q + "_err"] / reference[i][col + "_err"] - 1 for i in ids])
+        out[q + "_err"] = np.array([rows[i][q + "_err"] / reference[i][col + "_err"] - 1
+                                    for i in ids])
     return out
 
 

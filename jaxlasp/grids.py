@@ -44,7 +44,7 @@ class LinearGrid:
         """Pixel widths [Å], shape (n,)."""
         return np.full(self.n, float(self.step))
 
-    def sub(self, first: int, n: int) -> "LinearGrid":
+    def sub(self, first: int, n: int) -> LinearGrid:
         """The grid of pixels ``first .. first+n-1``."""
         return LinearGrid(self.start + first * self.step, self.step, n)
 
@@ -86,7 +86,7 @@ class LogGrid:
         """Velocity width of one pixel, c·Δlnλ [km/s]."""
         return C_KMS * self.step
 
-    def sub(self, first: int, n: int) -> "LogGrid":
+    def sub(self, first: int, n: int) -> LogGrid:
         """The grid of pixels ``first .. first+n-1``."""
         return LogGrid(self.ln_start + first * self.step, self.step, n)
 
@@ -116,7 +116,7 @@ def log_grid_inside(model: LinearGrid, ln_step: float, lo: float, hi: float) -> 
     nshift = math.ceil(max(0.0, first - start) / ln_step - 1e-7)
     start = start + ln_step * nshift
     end = min(math.log(hi), last)
-    n = int(round((end - start) / ln_step + 1))
+    n = round((end - start) / ln_step + 1)
     if n < 1:
         raise ValueError(
             f"the window {lo:.2f}–{hi:.2f} Å does not overlap the model's coverage "

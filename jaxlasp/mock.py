@@ -32,8 +32,16 @@ from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain, TGMEmulator
 from jaxlasp.fit.driver import MU_LIMIT, SIGMA_LIMIT
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LogGrid, lamost_fit_grid
 from jaxlasp.model import (
-    FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, build_forward_model, emulate,
-    theta_from_physical)
+    FEH,
+    LN_TEFF,
+    LOGG,
+    MU,
+    SIGMA,
+    ForwardModel,
+    build_forward_model,
+    emulate,
+    theta_from_physical,
+)
 from jaxlasp.spectral.broaden import SIGMA_FLOOR, broaden, kernel_fits
 from jaxlasp.spectral.continuum import legendre_basis
 

@@ -23,8 +23,16 @@ from jaxlasp.emulators.tgm import TGMEmulator, crop_to, tgm_flux
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LinearGrid, LogGrid
 from jaxlasp.spectral.broaden import broaden, kernel_fits
 from jaxlasp.spectral.continuum import (
-    DEGREE, LegendreSystem, combined_fit, combined_tangents, fit_multiplicative_polynomial,
-    legendre_system, polynomial_fit, polynomial_tangents, segment_basis)
+    DEGREE,
+    LegendreSystem,
+    combined_fit,
+    combined_tangents,
+    fit_multiplicative_polynomial,
+    legendre_system,
+    polynomial_fit,
+    polynomial_tangents,
+    segment_basis,
+)
 from jaxlasp.spectral.resample import resample
 
 MU, SIGMA, LN_TEFF, LOGG, FEH = range(5)
@@ -63,7 +71,7 @@ def segment_ranges(grid: LogGrid, segments) -> list[tuple[int, int]]:
     return ranges
 
 
-def fitted_pixels(fm: "ForwardModel") -> np.ndarray:
+def fitted_pixels(fm: ForwardModel) -> np.ndarray:
     """(n,) bool: the pixels inside the fitted segments (all of them without segments); the
     others must get weight 0."""
     if fm.design is None:
@@ -136,7 +144,8 @@ def _resample_to(emulator: TGMEmulator | LineListEmulator, values, grid: LogGrid
     return resample(values, emulator.grid.edges, grid.edges, grid.widths, edges)
 
 
-def fold_resampling(emulator: TGMEmulator, grid: LogGrid, edges: str = "extrapolate") -> TGMEmulator:
+def fold_resampling(emulator: TGMEmulator, grid: LogGrid,
+                    edges: str = "extrapolate") -> TGMEmulator:
     """Resample every coefficient plane onto ``grid`` once (ALGORITHM §k).
 
     The emulator is linear in its coefficients and the resampling is linear, so evaluating the
@@ -220,7 +229,8 @@ def components(fm: ForwardModel, theta, flux, weights) -> Components:
 
 
 def residuals(fm: ForwardModel, theta, flux, weights):
-    """Weighted residuals √weight·(flux − model) for one spectrum; shape (n,), 0 where weight = 0."""
+    """Weighted residuals √weight·(flux − model) for one spectrum; shape (n,), 0 where
+    weight = 0."""
     return components(fm, theta, flux, weights).residuals
 
 
@@ -256,7 +266,8 @@ def residuals_and_jacobian(fm: ForwardModel, theta, flux, weights):
 
 
 def model_flags(fm: ForwardModel, theta, comps: Components, weights):
-    """Boolean problems of one evaluation: (outside domain, kernel too wide, polynomial ≤ 0, non-finite)."""
+    """Boolean problems of one evaluation: (outside domain, kernel too wide, polynomial ≤ 0,
+    non-finite)."""
     teff = jnp.exp(theta[LN_TEFF])
     used = weights > 0
     return (

@@ -27,18 +27,33 @@ import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 
 from jaxlasp.api import (
-    COLUMNS, DEMO_MODEL, DESCRIPTIONS, GLOBAL_START, INTEGER_COLUMNS, READ_ERROR, UNITS,
-    check_method, empty_columns, fit_spectrum_group, initial_points, load_model, make_table, read_for_fit)
+    COLUMNS,
+    DEMO_MODEL,
+    DESCRIPTIONS,
+    GLOBAL_START,
+    INTEGER_COLUMNS,
+    READ_ERROR,
+    UNITS,
+    check_method,
+    empty_columns,
+    fit_spectrum_group,
+    initial_points,
+    load_model,
+    make_table,
+    read_for_fit,
+)
 from jaxlasp.fit.errors import check_errors
 from jaxlasp.grids import LogGrid, lamost_fit_grid, window_note
 from jaxlasp.io import get_reader
@@ -188,7 +203,7 @@ class Summary(NamedTuple):
     unreadable: int
     fitted: int
     seconds: float
-    stages: dict = {}
+    stages: Mapping[str, float] = MappingProxyType({})
 
 
 # ---------------------------------------------------------------- inputs
@@ -254,7 +269,7 @@ def _timed_read(path: Path, grid: LogGrid, window, format: str) -> tuple[list[Re
     start = time.perf_counter()
     try:
         records = read_records(path, grid, window, format)
-    except Exception as err:  # noqa: BLE001 - every input must get a row
+    except Exception as err:
         reason = f"{path}: cannot be read ({type(err).__name__}: {err})"
         records = [Record(str(path), file_stem(path), None, reason, True)]
     return records, time.perf_counter() - start
@@ -617,7 +632,7 @@ def finish_catalog(output: Path, tables, paths, fitted: int, t0: float,
         catalog.meta["options"] = options
     catalog.meta["jaxlasp"] = jaxlasp_version()  # keys of ≤ 8 letters: plain FITS cards
     catalog.meta["created"] = (min(earlier) if earlier
-                               else datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                               else datetime.now(UTC).isoformat(timespec="seconds"))
     write_catalog(catalog, output)
     shutil.rmtree(parts_folder(output), ignore_errors=True)  # parts and stale temporary files
     for stale in temporary_files(output):  # a killed run's half-written catalog (lock held)

@@ -223,13 +223,13 @@ class NumpyForwardModel:
         self.legendre = legendre_design(self.observed.n, self.degree)
 
     @classmethod
-    def from_emulator(cls, emulator, observed: LogGrid, **kw) -> "NumpyForwardModel":
+    def from_emulator(cls, emulator, observed: LogGrid, **kw) -> NumpyForwardModel:
         """From a jaxlasp ``TGMEmulator`` on its own linear grid (coefficients copied to NumPy)."""
         return cls(np.asarray(emulator.coef, dtype=np.float64), emulator.grid, observed,
                    version=emulator.version, **kw)
 
     @classmethod
-    def from_file(cls, path, observed: LogGrid, **kw) -> "NumpyForwardModel":
+    def from_file(cls, path, observed: LogGrid, **kw) -> NumpyForwardModel:
         """From a TGM model file read with ``jaxlasp.io.read_tgm``."""
         from jaxlasp.io import read_tgm
 

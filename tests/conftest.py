@@ -10,14 +10,14 @@ import tempfile
 # slows down 100× when another process shares the two cores of a CI machine.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import settings  # noqa: E402
+import numpy as np
+import pytest
+from hypothesis import settings
 
 import jaxlasp  # noqa: F401  (enables float64)
-from jaxlasp.compile_cache import enable_compilation_cache  # noqa: E402
+from jaxlasp.compile_cache import enable_compilation_cache
 
 # Compiled programs persist on disk for the session, in a folder of its own (never the user's
 # cache): the caches are cleared after every module, and the next module, the CLI tests' own

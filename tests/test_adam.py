@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import SAMPLE, need
+
 from jaxlasp.fit import adam
 from jaxlasp.model import theta_from_physical
 
@@ -165,7 +165,7 @@ def test_fixed_clean_schedule_and_mask(data):
     fm, _, theta0, flux, weights = data
     result, _ = adam.fit_batch_adam(fm, theta0, flux, weights, clean=True, clean_schedule="fixed")
     n_iter = np.asarray(result.n_iter)
-    scheduled = np.array([np.sum((np.arange(30, 331, 30) < k)) for k in n_iter])
+    scheduled = np.array([np.sum(np.arange(30, 331, 30) < k) for k in n_iter])
     np.testing.assert_array_equal(result.n_cycles, scheduled)
     assert np.all(result.n_cycles >= 1) and np.all(result.converged)
     rejected = np.sum((weights > 0) & ~np.asarray(result.mask), axis=1)

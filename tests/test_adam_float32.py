@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import SAMPLE, need
+
 from jaxlasp.api import PYLASP, fit_files
 from jaxlasp.compare import QUANTITIES
 from jaxlasp.fit import adam

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE, need
+
 from jaxlasp.fit import adam
 
 GROUPS = (5, 25)

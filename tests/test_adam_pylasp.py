@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import GROUP, SAMPLE, need
+
 from jaxlasp.api import make_table, result_columns, start_points
 from jaxlasp.compare import (
-    PYLASP_COLUMNS, QUANTITIES, differences, format_differences, read_pylasp_csv)
+    PYLASP_COLUMNS,
+    QUANTITIES,
+    differences,
+    format_differences,
+    read_pylasp_csv,
+)
 from jaxlasp.fit import adam
 
 FIT_PIXELS_DROPPED = 2

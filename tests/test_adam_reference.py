@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import ELODIE, SAMPLE, need
+
 from jaxlasp.api import PYLASP, fit_files
 from jaxlasp.compare import QUANTITIES, differences, format_differences, read_pylasp_csv
 

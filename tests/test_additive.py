@@ -5,11 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ELODIE, SAMPLE, need
+from helpers import edited_lamost_copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ELODIE, SAMPLE, need
-from helpers import edited_lamost_copy
 from jaxlasp.spectral.continuum import combined_fit, legendre_basis
 
 

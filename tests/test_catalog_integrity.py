@@ -22,10 +22,9 @@ from jaxlasp.pipeline import FitOptions, parts_folder, run
 
 def test_a_second_lock_on_one_catalog_is_refused_and_names_the_holder(tmp_path):
     output = tmp_path / "c.ecsv"
-    with catalog_lock(output):
-        with pytest.raises(CatalogLocked, match=f"process {os.getpid()}"):
-            with catalog_lock(output):
-                pass
+    with (catalog_lock(output), pytest.raises(CatalogLocked, match=f"process {os.getpid()}"),
+          catalog_lock(output)):
+        pass
     with catalog_lock(output):  # released at the end of the first
         assert lock_path(output).exists()
     assert not lock_path(output).exists()
@@ -39,9 +38,8 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(CatalogLocked, match=f"process {holder.pid}"):
-            with catalog_lock(output):
-                pass
+        with pytest.raises(CatalogLocked, match=f"process {holder.pid}"), catalog_lock(output):
+            pass
     finally:
         holder.kill()  # SIGKILL: no clean-up runs in the holder
         holder.wait()

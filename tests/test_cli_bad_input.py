@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import ELODIE, SAMPLE, need
+from test_lm_reference import MAXIMUM
+
 from jaxlasp.api import READ_ERROR
 from jaxlasp.cli import main
 from jaxlasp.compare import differences, read_pylasp_csv
 from jaxlasp.io.catalog import read_catalog
-from test_lm_reference import MAXIMUM
 
 GOOD = ("3706009", "3706103", "3709130")
 """Sample spectra fitted in the same run as the broken files (all in PyLASP's reference CSV)."""

@@ -1,4 +1,5 @@
-"""``jaxlasp fit`` end to end on the real LAMOST sample: catalog formats, PyLASP agreement, resume."""
+"""``jaxlasp fit`` end to end on the real LAMOST sample: catalog formats, PyLASP agreement,
+resume."""
 from __future__ import annotations
 
 import os
@@ -10,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ELODIE, SAMPLE, need
+from test_lm_reference import MAXIMUM, MEDIAN
+
 from jaxlasp.cli import main
 from jaxlasp.compare import differences, format_differences, read_pylasp_csv
 from jaxlasp.io.catalog import read_catalog
-from test_lm_reference import MAXIMUM, MEDIAN
 
 REPO = Path(__file__).resolve().parents[1]
 NUMERIC = ("rv", "rv_err", "teff", "teff_err", "logg", "logg_err", "feh", "feh_err", "sigma",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from astropy.table import Table
-
 from conftest import SAMPLE, need
+
 from jaxlasp.cli import main
 from jaxlasp.compare import read_pylasp_csv
 

@@ -13,8 +13,15 @@ from hypothesis import strategies as st
 
 import jaxlasp  # noqa: F401
 from jaxlasp.emulators.tgm import (
-    ELODIE32_DOMAIN, N_TERMS, T_OFFSET, TGMEmulator, basis_terms, regime_weights,
-    taylor_remainder, tgm_flux)
+    ELODIE32_DOMAIN,
+    N_TERMS,
+    T_OFFSET,
+    TGMEmulator,
+    basis_terms,
+    regime_weights,
+    taylor_remainder,
+    tgm_flux,
+)
 from jaxlasp.grids import LinearGrid
 
 
@@ -75,9 +82,11 @@ def test_regime_weights_continuous_at_boundaries(teff):
     np.testing.assert_allclose(below, above, atol=1e-7)
 
 
-@pytest.mark.parametrize("teff,expected", [(3800, [0, 0, 1]), (5500, [1, 0, 0]), (12000, [0, 1, 0])])
+@pytest.mark.parametrize("teff,expected",
+                         [(3800, [0, 0, 1]), (5500, [1, 0, 0]), (12000, [0, 1, 0])])
 def test_regime_weights_pure_regimes(teff, expected):
-    np.testing.assert_array_equal(regime_weights(jnp.float64(math.log10(teff) - T_OFFSET)), expected)
+    t = jnp.float64(math.log10(teff) - T_OFFSET)
+    np.testing.assert_array_equal(regime_weights(t), expected)
 
 
 def test_flux_is_linear_blend_of_regimes():

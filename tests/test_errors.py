@@ -13,7 +13,13 @@ from scipy.optimize import least_squares
 from jaxlasp.api import fit_arrays
 from jaxlasp.fit.driver import SIGMA_LIMIT, fit_batch, parameter_box
 from jaxlasp.fit.errors import (
-    PROFILE_ITERATIONS, PROFILE_STEP, PROFILED, chi2, profile_chi2, profile_errors)
+    PROFILE_ITERATIONS,
+    PROFILE_STEP,
+    PROFILED,
+    chi2,
+    profile_chi2,
+    profile_errors,
+)
 from jaxlasp.mock import draw_parameters, simulate
 from jaxlasp.model import SIGMA, residuals
 
@@ -125,6 +131,7 @@ def test_one_step_errors_agree_with_two_steps_on_lamost():
     25 LAMOST sample spectra (LM No Clean from PyLASP's start): every profiled error within 2 %
     (1.2 % seen, log g) and never above; the median ratio within 0.1 % of 1."""
     from conftest import GROUP, need
+
     from jaxlasp.api import DEFAULT_START, start_points
     from jaxlasp.grids import lamost_fit_grid
     from jaxlasp.io.pylasp_group import read_pylasp_group

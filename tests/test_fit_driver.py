@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import ELODIE, SAMPLE, need
+
 from jaxlasp.api import PYLASP, READ_ERROR, fit_arrays, fit_files
 from jaxlasp.fit.driver import FEW_PIXELS, NONFINITE
 

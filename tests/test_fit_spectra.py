@@ -6,8 +6,8 @@ import inspect
 
 import numpy as np
 import pytest
-
 from conftest import ELODIE, SAMPLE, need
+
 from jaxlasp import PYLASP, fit_arrays, fit_files, fit_spectra
 from jaxlasp.pipeline import FitOptions
 
@@ -47,7 +47,7 @@ def test_vacuum_wavelengths_given_as_air_are_refused_naming_the_keyword():
 def test_any_grid_is_resampled_onto_the_fit_grid(from_files):
     """The same spectrum on a linear 1 Å grid (air): fitted on LAMOST's pixels after a
     flux-conserving resampling, close to the file's fit."""
-    wave, flux, ivar = lamost_arrays(FILES[0])
+    wave, flux, _ = lamost_arrays(FILES[0])
     air = wave * np.exp(-2.8e-4)  # roughly air; the grid below is what the fit sees
     linear = np.arange(4150.0, 5750.0, 1.0)
     resampled = np.interp(linear, air, flux)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from jaxlasp.emulators.tgm import tgm_flux
 from helpers import golden_grid, rel_err
 from helpers import golden_theta as golden_theta_np
+
+from jaxlasp.emulators.tgm import tgm_flux
 from jaxlasp.model import build_forward_model, components
 from jaxlasp.spectral.broaden import gaussian_kernel
 
@@ -89,9 +89,11 @@ def adam_components(elodie, golden):
 
 
 def test_adam_emulator_within_float32_cancellation(elodie, golden):
-    """PyLASP's float32 emulator is off by ≤ 1.7 % (point 1) from the exact float64 one (§j.1)."""
-    errs = [np.max(np.abs(np.asarray(tgm_flux(elodie, golden["pt_teff_K"][i], golden["pt_logg"][i],
-                                              golden["pt_feh"][i])) / golden["adam_raw_model"][i] - 1))
+    """PyLASP's float32 emulator is off by ≤ 1.7 % (point 1) from the exact float64 one
+    (§j.1)."""
+    errs = [np.max(np.abs(np.asarray(tgm_flux(elodie, golden["pt_teff_K"][i],
+                                              golden["pt_logg"][i], golden["pt_feh"][i]))
+                          / golden["adam_raw_model"][i] - 1))
             for i in POINTS]
     assert max(errs) <= 0.018
     assert np.argmax(errs) == 1
@@ -99,7 +101,8 @@ def test_adam_emulator_within_float32_cancellation(elodie, golden):
 
 
 def test_adam_resampling_clip(golden):
-    """Resampling PyLASP's own float32 emulator output with clipped edges: ≤ 7e-4 (float32 noise)."""
+    """Resampling PyLASP's own float32 emulator output with clipped edges: ≤ 7e-4
+    (float32 noise)."""
     from jaxlasp.grids import LinearGrid
     from jaxlasp.spectral.resample import resample
 

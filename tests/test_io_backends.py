@@ -6,17 +6,25 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE, need
+from test_io_desi import write_desi
+
 from jaxlasp.grids import LogGrid
-from jaxlasp.io import SpectrumFileError, read_desi, read_lamost, read_spectra
-from jaxlasp.io import _fits, readers
+from jaxlasp.io import SpectrumFileError, _fits, read_desi, read_lamost, read_spectra, readers
 from jaxlasp.io._fits import (
-    BACKEND_VARIABLE, FitsFile, card_value, find_card, fits_backend, fitsio_usable, header_cards,
-    header_text, open_fits, set_fits_backend)
+    BACKEND_VARIABLE,
+    FitsFile,
+    card_value,
+    find_card,
+    fits_backend,
+    fitsio_usable,
+    header_cards,
+    header_text,
+    open_fits,
+    set_fits_backend,
+)
 from jaxlasp.io.lamost import VACUUM_LN_SHIFT, fill_nonfinite, write_lamost
 from jaxlasp.io.readers import open_probe, probe_file, register_reader
-from test_io_desi import write_desi
 
 fits = pytest.importorskip("astropy.io.fits")
 

@@ -58,7 +58,8 @@ def write_desi(path, cameras=("B", "R", "Z"), targetids=TARGETIDS, expids=None, 
         fibermap["EXPID"] = np.asarray(expids, np.int32)
     hdus = [fits.PrimaryHDU(),
             fits.BinTableHDU.from_columns(
-                [fits.Column(name=k, array=v, format={"i8": "K", "i4": "J", "f8": "D"}[v.dtype.str[1:]])
+                [fits.Column(name=k, array=v,
+                             format={"i8": "K", "i4": "J", "f8": "D"}[v.dtype.str[1:]])
                  for k, v in fibermap.items()], name="FIBERMAP")]
     for cam in cameras:
         flux, ivar, mask = (a[:len(targetids)] for a in camera_arrays(cam))

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxlasp.grids import LAMOST_LN_STEP, LinearGrid, LogGrid, window_pixels
-from conftest import need
 from jaxlasp.io import (
     FEW_GOOD_PIXELS,
     NONFINITE_FLUX,
@@ -164,13 +164,13 @@ def test_nonfinite_flux_is_flagged_and_replaced(tmp_path, one):
 
 
 def test_all_nonfinite_window_is_an_error(tmp_path):
-    path = modified_copy(tmp_path, set_flux({k: np.nan for k in range(540, 1890)}))
+    path = modified_copy(tmp_path, set_flux(dict.fromkeys(range(540, 1890), np.nan)))
     with pytest.raises(SpectrumFileError, match="no finite flux"):
         read_lamost(path)
 
 
 def test_few_good_pixels_flag(tmp_path):
-    path = modified_copy(tmp_path, set_flux({k: np.nan for k in range(551, 1876)}))
+    path = modified_copy(tmp_path, set_flux(dict.fromkeys(range(551, 1876), np.nan)))
     spec = read_lamost(path)
     assert spec.finite.sum() == 3
     assert spec.flags & FEW_GOOD_PIXELS and spec.flags & NONFINITE_FLUX
@@ -203,9 +203,9 @@ def test_cut_to_grid_of_subgrid(one, first, n):
 def test_cut_to_grid_errors(one):
     spec = one
     g = spec.grid
-    with pytest.raises(ValueError, match="not commensurate.*0.500000 pixels"):
+    with pytest.raises(ValueError, match=r"not commensurate.*0\.500000 pixels"):
         cut_to_grid(spec, LogGrid(g.ln_start + 0.5 * g.step, g.step, 10))
-    with pytest.raises(ValueError, match="not commensurate.*steps"):
+    with pytest.raises(ValueError, match=r"not commensurate.*steps"):
         cut_to_grid(spec, LogGrid(g.ln_start, 1.0001 * g.step, 10))
     with pytest.raises(ValueError, match="not inside spectrum 3706009"):
         cut_to_grid(spec, g.sub(1000, 400))

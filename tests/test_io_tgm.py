@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import need
+
 from jaxlasp.grids import LinearGrid
 from jaxlasp.io import ModelFileError, crop_to, read_pylasp_group, read_tgm
 

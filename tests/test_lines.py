@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ELODIE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.interpolate import RegularGridInterpolator
 from scipy.special import voigt_profile
 from scipy.stats import cauchy, norm
 
-from conftest import ELODIE
 from jaxlasp.emulators import lines as L
 from jaxlasp.emulators.tgm import Domain, crop_to
 from jaxlasp.grids import LinearGrid
@@ -296,7 +296,7 @@ def _shoulder_source():
 def test_second_pass_adds_the_missed_line():
     source, spectrum = _shoulder_source()
     assert L.detect_lines(spectrum).pixel.size == 2          # the shoulder is not a minimum
-    first, report1 = L.build_linelist_emulator(source, epochs=150, refine=False)
+    _, report1 = L.build_linelist_emulator(source, epochs=150, refine=False)
     second, report2 = L.build_linelist_emulator(source, epochs=150, refine=True)
     assert np.all(report1.n_lines == 2) and np.all(report2.n_lines > 2)
     assert set(report1.keys) < set(report2.keys)             # the first pass's lines stay

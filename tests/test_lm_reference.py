@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ELODIE, GOLDEN, SAMPLE, need
+
 from jaxlasp.api import PYLASP, fit_files
 from jaxlasp.compare import differences, format_differences, read_pylasp_csv
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import ELODIE, need
+
 from jaxlasp.cli import main
 
 

@@ -5,13 +5,18 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SAMPLE, need
+from helpers import edited_lamost_copy
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import SAMPLE, need
-from helpers import edited_lamost_copy
 from jaxlasp.spectral.masks import (
-    check_intervals, intervals_from, masked_pixels, parse_intervals, read_intervals)
+    check_intervals,
+    intervals_from,
+    masked_pixels,
+    parse_intervals,
+    read_intervals,
+)
 
 # ---------------------------------------------------------------- intervals and pixels
 

@@ -53,7 +53,8 @@ def test_follows_scipy_leastsq(seed, ftol):
     assert int(state.nfev[0]) == info["nfev"]
     np.testing.assert_allclose(np.asarray(state.x[0]), x, rtol=1e-6, atol=1e-9)
     scale = np.max(np.abs(info["fvec"]))  # x agrees to 1e-6: residuals to 1e-6 of their scale
-    np.testing.assert_allclose(np.asarray(state.fvec[0]), info["fvec"], rtol=1e-6, atol=1e-6 * scale)
+    np.testing.assert_allclose(np.asarray(state.fvec[0]), info["fvec"], rtol=1e-6,
+                               atol=1e-6 * scale)
 
 
 def test_batch_equals_one_at_a_time():
@@ -77,7 +78,7 @@ def test_evaluation_limit_and_skipped_members():
     state = jax.jit(lambda th, d: minpack.run(damped_wave, th, 0.0, d, ftol=1e-15, xtol=1e-15,
                                               active=jnp.array([True, False]), maxfev=12))(
         theta, ys)
-    _, _, info, _, ier = scipy.optimize.leastsq(lambda p: damped_wave_np(p, y), start,
+    _, _, _, _, ier = scipy.optimize.leastsq(lambda p: damped_wave_np(p, y), start,
                                                 ftol=1e-15, xtol=1e-15, maxfev=12,
                                                 full_output=True)
     assert ier == minpack.MAXFEV == int(state.status[0])

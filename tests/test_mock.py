@@ -13,8 +13,16 @@ from jaxlasp.emulators.demo import demo_emulator
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, lamost_fit_grid
 from jaxlasp.mock import (
-    CONTINUUM_AMPLITUDE, CONTINUUM_DEGREE, DEFAULT_SIGMA, MockTruth, draw_parameters,
-    kms_to_pixels, pixels_to_kms, simulate, velocity_limits)
+    CONTINUUM_AMPLITUDE,
+    CONTINUUM_DEGREE,
+    DEFAULT_SIGMA,
+    MockTruth,
+    draw_parameters,
+    kms_to_pixels,
+    pixels_to_kms,
+    simulate,
+    velocity_limits,
+)
 from jaxlasp.model import build_forward_model, components, rv_from_mu
 from jaxlasp.spectral.continuum import legendre_basis
 
@@ -279,7 +287,7 @@ def test_simulate_rejects_bad_models_and_stars(fm, truth):
     with pytest.raises(ValueError, match="differs from the forward model's grid"):
         simulate(fm, four, fm.grid.sub(1, 100))
     hot = four._replace(teff=np.array([5000.0, 40000.0, 6000.0, 7000.0]))
-    with pytest.raises(ValueError, match="star 1 .* outside the model's domain"):
+    with pytest.raises(ValueError, match=r"star 1 .* outside the model's domain"):
         simulate(fm, hot)
     narrow = build_forward_model(demo_emulator(), fm.grid, halfwidth=5)
     with pytest.raises(ValueError, match="wider than the model's half-width of 5"):

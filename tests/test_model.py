@@ -8,8 +8,14 @@ import pytest
 
 from jaxlasp.grids import LAMOST_LN_STEP, LogGrid
 from jaxlasp.model import (
-    batch_residuals, build_forward_model, components, model_flags, residuals, rv_from_mu,
-    theta_from_physical)
+    batch_residuals,
+    build_forward_model,
+    components,
+    model_flags,
+    residuals,
+    rv_from_mu,
+    theta_from_physical,
+)
 
 GRID = LogGrid(8.342906825954625, LAMOST_LN_STEP, 1327)
 

@@ -10,12 +10,12 @@ import threading
 
 import numpy as np
 import pytest
+from test_io_tgm import TGM_HEADER, random_coef, write_tgm
 
 from jaxlasp import api
 from jaxlasp.cli import main
 from jaxlasp.io import model_files
 from jaxlasp.io.model_files import ModelUnavailable, named_model_path
-from test_io_tgm import TGM_HEADER, random_coef, write_tgm
 
 NAME = "elodie32"
 
@@ -68,7 +68,7 @@ def test_fetched_once_then_read_offline(server, cache, monkeypatch):
 
 def test_unreachable_server_says_what_to_download_and_where(cache, monkeypatch, capsys):
     monkeypatch.setenv("JAXLASP_ELODIE32_URL", "http://127.0.0.1:9/elodie32_flux_tgm.fits")
-    with pytest.raises(ModelUnavailable, match="by hand.*ULySS.*--model PATH"):
+    with pytest.raises(ModelUnavailable, match=r"by hand.*ULySS.*--model PATH"):
         named_model_path(NAME)
     assert main(["info", NAME]) == 2
     err = capsys.readouterr().err

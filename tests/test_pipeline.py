@@ -9,13 +9,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import ELODIE, SAMPLE, need
+
 from jaxlasp import cli, compile_cache
 from jaxlasp.grids import lamost_fit_grid
 from jaxlasp.io import read_tgm
 from jaxlasp.pipeline import (
-    FitOptions, Record, _timed_read, read_ahead, read_records, run, steady_stages)
+    FitOptions,
+    Record,
+    _timed_read,
+    read_ahead,
+    read_records,
+    run,
+    steady_stages,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
 from helpers import golden_grid, golden_theta, rel_err
+
 from jaxlasp.grids import LAMOST_LN_STEP
 from jaxlasp.reference import NumpyForwardModel, exp_remainder, fit_least_squares
 

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import ELODIE, SAMPLE, need
 from helpers import edited_lamost_copy
+
 from jaxlasp.api import PYLASP
 from jaxlasp.grids import lamost_fit_grid
 from jaxlasp.spectral.continuum import legendre_basis, segment_basis

@@ -9,7 +9,10 @@ from hypothesis import strategies as st
 import jaxlasp  # noqa: F401
 from jaxlasp.spectral.broaden import RESOLVED_SIGMA, broaden, gaussian_kernel, kernel_fits
 from jaxlasp.spectral.continuum import (
-    fit_multiplicative_polynomial, legendre_basis, legendre_system)
+    fit_multiplicative_polynomial,
+    legendre_basis,
+    legendre_system,
+)
 from jaxlasp.spectral.resample import resample
 
 seeds = st.integers(0, 2**32 - 1)
@@ -142,7 +145,8 @@ def test_legendre_solve_matches_lstsq(seed, n, degree, masked):
     tol = max(1e-10, 100 * cond * np.finfo(float).eps, cond**2 * np.finfo(float).eps)
     np.testing.assert_allclose(np.asarray(coefs), ref, rtol=0, atol=tol * np.max(np.abs(ref)))
     expected = basis @ ref
-    np.testing.assert_allclose(np.asarray(poly), expected, rtol=0, atol=tol * np.abs(expected).max())
+    np.testing.assert_allclose(np.asarray(poly), expected, rtol=0,
+                               atol=tol * np.abs(expected).max())
 
 
 def test_legendre_basis_matches_scipy():

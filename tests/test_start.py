@@ -6,9 +6,8 @@ noise-free spectra, thousands of kelvin off. Found by fitting the draw, not cons
 """
 from __future__ import annotations
 
-import math
-
 import contextlib
+import math
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +19,37 @@ from hypothesis import strategies as st
 from jaxlasp.api import start_points
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain
 from jaxlasp.fit.driver import (
-    DEGENERATE, MULTIMODAL, NOT_CONVERGED, UNDERSAMPLED, FitResult, fit_batch)
+    DEGENERATE,
+    MULTIMODAL,
+    NOT_CONVERGED,
+    UNDERSAMPLED,
+    FitResult,
+    fit_batch,
+)
 from jaxlasp.fit.start import (
-    LOGG_SEPARATION, SEPARATION, batched_node_chi2, best_of, chebyshev_matrix, choose_candidates,
-    clip_outliers, default_grid, distinct_best, fit_multistart, global_start, best_at_other_logg,
-    grid_theta, mode_spread, mode_weights, node_chi2, node_spectra, node_templates,
-    node_velocities, projected_chi2, shifted_nodes, start_candidates)
+    LOGG_SEPARATION,
+    SEPARATION,
+    batched_node_chi2,
+    best_at_other_logg,
+    best_of,
+    chebyshev_matrix,
+    choose_candidates,
+    clip_outliers,
+    default_grid,
+    distinct_best,
+    fit_multistart,
+    global_start,
+    grid_theta,
+    mode_spread,
+    mode_weights,
+    node_chi2,
+    node_spectra,
+    node_templates,
+    node_velocities,
+    projected_chi2,
+    shifted_nodes,
+    start_candidates,
+)
 from jaxlasp.mock import draw_parameters, simulate
 from jaxlasp.model import LN_TEFF, LOGG, MU, broadened, residuals
 
@@ -339,7 +363,8 @@ def test_projected_chi2_is_the_least_squares_minimum(seed, degree, n):
         root = np.sqrt(v[i])
         coef = np.linalg.lstsq(root[:, None] * vander, root * g[i], rcond=None)[0]
         expected = np.sum(v[i] * (g[i] - vander @ coef) ** 2)
-        np.testing.assert_allclose(ours[i], expected, rtol=1e-9, atol=1e-12 * np.sum(v[i] * g[i]**2))
+        np.testing.assert_allclose(ours[i], expected, rtol=1e-9,
+                                   atol=1e-12 * np.sum(v[i] * g[i]**2))
 
 
 def test_start_candidates_equal_the_per_node_reference(fm, spectra):

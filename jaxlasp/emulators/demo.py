@@ -21,7 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlasp.emulators.tgm import (
-    ELODIE32_DOMAIN, G_OFFSET, N_TERMS, REGIMES, T_OFFSET, TGMEmulator, basis_terms)
+    ELODIE32_DOMAIN,
+    G_OFFSET,
+    N_TERMS,
+    REGIMES,
+    T_OFFSET,
+    TGMEmulator,
+    basis_terms,
+)
 from jaxlasp.grids import LinearGrid
 
 DEMO_LABEL = "jaxlasp DEMO model - synthetic, not ELODIE"
@@ -260,7 +267,7 @@ def demo_emulator(start: float = 3900.0, stop: float = 6800.0, step: float = 0.2
     to ``demo_spectrum`` at the ``N_FIT`` points of ``_fit_points(regime)``, so ``tgm_flux``
     reproduces ``demo_spectrum`` (to ~1 % RMS). Deterministic and cached; about 2 s to build.
     """
-    n = int(round((stop - start) / step)) + 1
+    n = round((stop - start) / step) + 1
     grid = LinearGrid(float(start), float(step), n)
     coef = np.empty((3, N_TERMS[2], n))
     for r, regime in enumerate(REGIMES):

@@ -646,13 +646,13 @@ class LineListEmulator:
         """dtype of the emulator's arrays (and of its spectra)."""
         return self.continuum.dtype
 
-    def astype(self, dtype) -> "LineListEmulator":
+    def astype(self, dtype) -> LineListEmulator:
         """The same emulator with arrays cast to ``dtype``."""
         lines, continuum = jax.tree.map(lambda a: jnp.asarray(a, dtype),
                                         (self.lines, self.continuum))
         return replace(self, lines=lines, continuum=continuum)
 
-    def with_amplitude(self, amplitude: str) -> "LineListEmulator":
+    def with_amplitude(self, amplitude: str) -> LineListEmulator:
         """The same emulator interpolating amplitudes in ``amplitude`` space ("log" or "linear")."""
         if amplitude not in AMPLITUDE_SPACES:
             raise ValueError(f"amplitude must be one of {AMPLITUDE_SPACES}, not {amplitude!r}")

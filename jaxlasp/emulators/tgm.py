@@ -69,11 +69,11 @@ class TGMEmulator:
     grid: LinearGrid | LogGrid | None = None
     domain: Domain = field(default=ELODIE32_DOMAIN)
 
-    def replace_coef(self, coef, grid) -> "TGMEmulator":
+    def replace_coef(self, coef, grid) -> TGMEmulator:
         """The same emulator with coefficient planes on another grid."""
         return TGMEmulator(coef, self.version, grid, self.domain)
 
-    def astype(self, dtype) -> "TGMEmulator":
+    def astype(self, dtype) -> TGMEmulator:
         """The same emulator with coefficients cast to ``dtype`` (the basis stays float64)."""
         return self.replace_coef(jnp.asarray(self.coef, dtype), self.grid)
 
@@ -128,7 +128,8 @@ def basis_terms(tau, g, z, version: int = 2):
 
 
 def regime_weights(t):
-    """Blend weights (warm, hot, cold) at t = log10 Teff − 3.7617 (ALGORITHM §a.4); shape (..., 3)."""
+    """Blend weights (warm, hot, cold) at t = log10 Teff − 3.7617 (ALGORITHM §a.4);
+    shape (..., 3)."""
     t4000, t4550, t7000, t9000 = _T_BLEND
     q_cold = (t - t4000) / (t4550 - t4000)
     q_hot = (t - t7000) / (t9000 - t7000)
@@ -141,7 +142,8 @@ def regime_weights(t):
 
 
 def regime_design(teff, logg, feh, version: int = 2):
-    """Blended basis: weight_r·φ_k(τ_r) for each regime r and term k, in float64; shape (3, n_terms).
+    """Blended basis: weight_r·φ_k(τ_r) for each regime r and term k, in float64;
+    shape (3, n_terms).
 
     ``teff`` [K], ``logg`` [dex], ``feh`` [dex] are scalars. The flux is the contraction of this
     with the coefficient planes.
@@ -158,7 +160,8 @@ def regime_design(teff, logg, feh, version: int = 2):
 
 
 def tgm_flux(emulator: TGMEmulator, teff, logg, feh):
-    """Model flux on the emulator's pixel grid at (Teff [K], log g [dex], [Fe/H] [dex]); shape (n_pix,).
+    """Model flux on the emulator's pixel grid at (Teff [K], log g [dex], [Fe/H] [dex]);
+    shape (n_pix,).
 
     The basis is evaluated in float64 and then cast to the coefficients' dtype.
     """

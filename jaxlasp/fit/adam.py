@@ -102,11 +102,18 @@ from jaxlasp.emulators.tgm import G_OFFSET, T_OFFSET
 from jaxlasp.fit import lm
 from jaxlasp.fit.clean import LAYER3_PASSES, LEVELS, MAX_FRACTION, masked_std
 from jaxlasp.fit.clean import clean as curvefit_clean_one
-from jaxlasp.fit.driver import (
-    FAILURES, MAX_CLEAN, FitResult, finish, lm_residual)
+from jaxlasp.fit.driver import FAILURES, MAX_CLEAN, FitResult, finish, lm_residual
 from jaxlasp.model import (
-    FEH, LN_TEFF, LOGG, MU, SIGMA, ForwardModel, components, emulator_dtype,
-    residuals_and_jacobian)
+    FEH,
+    LN_TEFF,
+    LOGG,
+    MU,
+    SIGMA,
+    ForwardModel,
+    components,
+    emulator_dtype,
+    residuals_and_jacobian,
+)
 
 CENTER = np.array([0.215, -1.44, -0.75, 0.0, 2.55])
 """c of §i.2, internal order [t, g, z, mu, sigma]."""

@@ -70,8 +70,10 @@ def clean(model, resid, good, initial, first_call, noise=None) -> CleanResult:
         s = masked_std(resid, mask)
         cand = mask & (excess > s)
         prev_r, next_r = jnp.roll(resid, 1), jnp.roll(resid, -1)
-        from_left = cand & ~jnp.roll(mask, 1) & (prev_r * resid > 0) & (jnp.abs(resid) <= jnp.abs(prev_r))
-        from_right = cand & ~jnp.roll(mask, -1) & (next_r * resid > 0) & (jnp.abs(resid) <= jnp.abs(next_r))
+        from_left = (cand & ~jnp.roll(mask, 1) & (prev_r * resid > 0)
+                     & (jnp.abs(resid) <= jnp.abs(prev_r)))
+        from_right = (cand & ~jnp.roll(mask, -1) & (next_r * resid > 0)
+                      & (jnp.abs(resid) <= jnp.abs(next_r)))
         found = jnp.sum(from_left) + jnp.sum(from_right)
         return mask & ~(from_left | from_right), m3 + found, found > 0, passes + 1
 

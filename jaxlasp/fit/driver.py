@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlasp.compile_cache import program
 from jaxlasp.fit import lm, minpack
 from jaxlasp.fit.clean import clean, masked_std
 from jaxlasp.fit.schedule import run_compacted
 from jaxlasp.model import SIGMA, ForwardModel, components, model_flags, residuals_and_jacobian
 from jaxlasp.spectral.broaden import RESOLVED_SIGMA, SIGMA_FLOOR
-from jaxlasp.compile_cache import program
 
 MAX_CLEAN = 10
 """PyLASP's ``nclean``: at most 10 Clean calls, 11 fits."""
@@ -72,7 +72,7 @@ def parameter_box(fm: ForwardModel):
     dom = fm.emulator.domain
     lower = np.array([-MU_LIMIT, SIGMA_FLOOR, math.log(dom.teff[0]), dom.logg[0], dom.feh[0]])
     upper = np.array([MU_LIMIT, SIGMA_LIMIT, math.log(dom.teff[1]), dom.logg[1], dom.feh[1]])
-    if MU_LIMIT + 5 * SIGMA_LIMIT > fm.halfwidth:
+    if fm.halfwidth < MU_LIMIT + 5 * SIGMA_LIMIT:
         raise ValueError(f"kernel half-width {fm.halfwidth} px is too small for the parameter box")
     return lower, upper
 

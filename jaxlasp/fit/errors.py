@@ -30,15 +30,14 @@ residual evaluation), plus χ² at θ̂: 0.6× the two-step version's (3.75 agai
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxlasp.compile_cache import program
 from jaxlasp.fit.driver import FitResult, parameter_box
 from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, ForwardModel, residuals, residuals_and_jacobian
 from jaxlasp.spectral.continuum import cholesky_lower, cholesky_solve
-from jaxlasp.compile_cache import program
 
 PROFILE_STEP = 2.0
 """Offset of the profile points from θ̂ [Laplace standard deviations]."""

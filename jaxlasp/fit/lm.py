@@ -25,7 +25,8 @@ slot of a running batch with a new problem (``jaxlasp.fit.schedule``).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -29,7 +29,8 @@ residual evaluations per trial, the price of a vmappable loop without branches.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +143,7 @@ def lmpar(r, diag, qtb, delta, par):
     par = jnp.where(par == 0, gnorm / dxnorm, par)
 
     def body(i, carry):
-        par, parl, paru, fp, x, done = carry
+        par, parl, paru, fp, _, done = carry
         trial_par = jnp.where(par == 0, jnp.maximum(dwarf, 0.001 * paru), par)
         x_new, s = damped_solve(r, diag, qtb, trial_par)
         dxnorm = jnp.linalg.norm(diag * x_new)

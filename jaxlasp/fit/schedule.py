@@ -13,7 +13,8 @@ number of slot-steps, Σ (iterations + 1) / slots plus the drain at the end, ins
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -67,16 +67,16 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
+from jaxlasp.compile_cache import program
 from jaxlasp.emulators.tgm import Domain
 from jaxlasp.fit.driver import FAILURES, MU_LIMIT, MULTIMODAL, FitResult, fit_batch
 from jaxlasp.fit.errors import check_errors, profile_errors
 from jaxlasp.model import FEH, LN_TEFF, LOGG, ForwardModel, broadened, emulate, residuals
 from jaxlasp.spectral.broaden import SIGMA_FLOOR, TRUNCATION, pad_edges
 from jaxlasp.spectral.continuum import cholesky_lower, legendre_nodes
-from jaxlasp.compile_cache import program
 
 START_SIGMA = 1.0
 """Broadening σ [pixels] of the grid nodes (the σ of ``jaxlasp.api.start_points``)."""

@@ -1,5 +1,6 @@
 """Readers: spectra of any registered survey (LAMOST, DESI, plain arrays, specutils), TGM emulator
 files, PyLASP prepared groups (astropy loaded lazily)."""
+from jaxlasp.emulators.tgm import crop_to
 from jaxlasp.io._fits import fits_backend, set_fits_backend
 from jaxlasp.io.arrays import from_specutils, spectrum_from_arrays
 from jaxlasp.io.desi import read_desi
@@ -17,8 +18,14 @@ from jaxlasp.io.lamost import (
 )
 from jaxlasp.io.pylasp_group import read_pylasp_group
 from jaxlasp.io.readers import (
-    FileProbe, Reader, get_reader, open_probe, read_spectra, reader_for, register_reader)
-from jaxlasp.emulators.tgm import crop_to
+    FileProbe,
+    Reader,
+    get_reader,
+    open_probe,
+    read_spectra,
+    reader_for,
+    register_reader,
+)
 from jaxlasp.io.tgm_files import ModelFileError, read_tgm, tgm_from_group
 
 __all__ = [

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -349,7 +350,7 @@ def _native(array) -> np.ndarray:
 class _FitsioFile(FitsFile):
     """FitsFile read by CFITSIO (fitsio), given the file's descriptor by name (``FD_DIR``)."""
 
-    _KINDS = {"IMAGE_HDU": "image", "BINARY_TBL": "table"}
+    _KINDS: ClassVar[dict[str, str]] = {"IMAGE_HDU": "image", "BINARY_TBL": "table"}
 
     def _open(self) -> tuple[str, ...]:
         import fitsio

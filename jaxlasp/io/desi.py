@@ -23,9 +23,22 @@ import numpy as np
 from jaxlasp.grids import LogGrid, window_pixels
 from jaxlasp.io._fits import FitsFile, as_fits
 from jaxlasp.io.arrays import (
-    band, flux_normaliser, good_pixels, lattice_grid, overlapping_bits, pixel_edges, rebin)
+    band,
+    flux_normaliser,
+    good_pixels,
+    lattice_grid,
+    overlapping_bits,
+    pixel_edges,
+    rebin,
+)
 from jaxlasp.io.lamost import (
-    DEFAULT_WINDOW, VACUUM_LN_SHIFT, Spectrum, SpectrumFileError, check_covers, windowed_spectrum)
+    DEFAULT_WINDOW,
+    VACUUM_LN_SHIFT,
+    Spectrum,
+    SpectrumFileError,
+    check_covers,
+    windowed_spectrum,
+)
 
 WAVELENGTH_SUFFIX = "_WAVELENGTH"
 """HDU name ending that marks a camera (the name before it is the camera, e.g. 'B')."""
@@ -54,12 +67,13 @@ def read_desi(source, window: tuple[float, float] | None = DEFAULT_WINDOW) -> li
 
     source: the file's path, or the file already open (a ``FitsFile`` of ``jaxlasp.io._fits``);
     only FIBERMAP's TARGETID (and EXPID, TARGET_RA, TARGET_DEC: ``Spectrum.survey``) and the
-    cameras' WAVELENGTH, FLUX, IVAR and MASK are read. window: [Å] to truncate to (None: everything the cameras cover). Each spectrum's
-    ``median`` is max(median of its valid pixels in the window, 1) and ``andmask`` holds the OR
-    of the mask bits where masking left a pixel without data. A spectrum without valid data in
-    the window is returned (flagged ``FEW_GOOD_PIXELS``), not refused, so that one bad fibre
-    does not lose the file. Raises SpectrumFileError (naming the file) for an unreadable file,
-    missing or inconsistent HDUs, or cameras that do not cover the window.
+    cameras' WAVELENGTH, FLUX, IVAR and MASK are read. window: [Å] to truncate to (None:
+    everything the cameras cover). Each spectrum's ``median`` is max(median of its valid pixels
+    in the window, 1) and ``andmask`` holds the OR of the mask bits where masking left a pixel
+    without data. A spectrum without valid data in the window is returned (flagged
+    ``FEW_GOOD_PIXELS``), not refused, so that one bad fibre does not lose the file. Raises
+    SpectrumFileError (naming the file) for an unreadable file, missing or inconsistent HDUs, or
+    cameras that do not cover the window.
     """
     with as_fits(source, SpectrumFileError) as file:
         path = file.path

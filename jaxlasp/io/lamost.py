@@ -76,7 +76,7 @@ class Spectrum:
         """flux / median, divided in float32 as PyLASP does, returned as float64."""
         return (self.flux / np.float32(self.median)).astype(np.float64)
 
-    def sub(self, first: int, n: int) -> "Spectrum":
+    def sub(self, first: int, n: int) -> Spectrum:
         """The spectrum of pixels ``first .. first+n-1`` (flags recomputed on them)."""
         part = slice(first, first + n)
         return replace(_spectrum(self.id, self.grid.sub(first, n), self.flux[part],

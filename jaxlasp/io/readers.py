@@ -23,11 +23,10 @@ Built in:
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from jaxlasp.io._fits import FitsFile, fits_backend, open_fits, set_fits_backend
 from jaxlasp.io.desi import is_desi, read_desi

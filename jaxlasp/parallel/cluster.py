@@ -4,9 +4,10 @@ The client (``run_cluster``) expands the inputs, leaves out the files a resumed 
 holds, cuts the rest into chunks of ``chunk_files`` files and submits one task per chunk. A worker
 (``fit_chunk``) fits its chunk exactly as the single-process pipeline does (same groups, padding
 and flags; the model is loaded once per worker process and its compiled programs are reused) and
-writes the chunk's rows atomically as its own part file, ``<catalog>.parts/part-chunk-<hash>.parquet``
-for a Parquet catalog, ``….ecsv`` otherwise (named by the chunk's content, so a retried chunk
-overwrites its own part and never duplicates rows). When every chunk is done the client merges the parts in input order into the catalog.
+writes the chunk's rows atomically as its own part file,
+``<catalog>.parts/part-chunk-<hash>.parquet`` for a Parquet catalog, ``….ecsv`` otherwise (named
+by the chunk's content, so a retried chunk overwrites its own part and never duplicates rows).
+When every chunk is done the client merges the parts in input order into the catalog.
 
 Failures: a task that raises is retried ``retries`` times; a worker that dies (killed, out of
 memory, node lost) has its chunk rescheduled on another worker by Dask's scheduler. A chunk that
@@ -24,9 +25,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,9 +38,23 @@ from jaxlasp.io.catalog import write_catalog
 from jaxlasp.io.lamost import file_stem
 from jaxlasp.io.lock import catalog_lock
 from jaxlasp.pipeline import (
-    FitOptions, Progress, Summary, check_found, check_fresh, check_options, check_same_options,
-    expand_inputs, finish_catalog, fit_paths, input_key, load_done, normalise, parts_folder,
-    prepare_model, run_options)
+    FitOptions,
+    Progress,
+    Summary,
+    check_found,
+    check_fresh,
+    check_options,
+    check_same_options,
+    expand_inputs,
+    finish_catalog,
+    fit_paths,
+    input_key,
+    load_done,
+    normalise,
+    parts_folder,
+    prepare_model,
+    run_options,
+)
 
 log = logging.getLogger("jaxlasp")
 

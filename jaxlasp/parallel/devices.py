@@ -12,13 +12,14 @@ it runs all its cycles (a fit with no active member costs almost nothing); resul
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = "spectra"
 """Name of the mesh axis the spectra are split over."""

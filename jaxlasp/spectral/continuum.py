@@ -44,9 +44,10 @@ def linearisation_coefficients(degree: int) -> np.ndarray:
     nodes, weights = np.polynomial.legendre.leggauss(2 * degree + 1)
     values = legendre_basis(nodes.size, 2 * degree, nodes)
     low = values[:, :degree + 1]
-    coef = np.einsum("q,qk,ql,qm->klm", weights, low, low, values) * (np.arange(2 * degree + 1) + 0.5)
-    k, l, m = np.meshgrid(*(np.arange(d) for d in coef.shape), indexing="ij")
-    coef[((k + l + m) % 2 == 1) | (m < abs(k - l)) | (m > k + l)] = 0.0
+    coef = np.einsum("q,qk,ql,qm->klm", weights, low, low, values)
+    coef *= np.arange(2 * degree + 1) + 0.5
+    i, j, m = np.meshgrid(*(np.arange(d) for d in coef.shape), indexing="ij")
+    coef[((i + j + m) % 2 == 1) | (m < abs(i - j)) | (m > i + j)] = 0.0
     return coef
 
 
@@ -111,7 +112,8 @@ def cholesky_solve(low, b):
 
 
 def triangular_inverse(low):
-    """L⁻¹ of a lower-triangular (n, n) L, row by row (``lax.fori_loop``, see ``cholesky_lower``)."""
+    """L⁻¹ of a lower-triangular (n, n) L, row by row (``lax.fori_loop``, see
+    ``cholesky_lower``)."""
     n = low.shape[-1]
     index = jnp.arange(n)
     eye = jnp.eye(n, dtype=low.dtype)
