@@ -18,7 +18,8 @@ declared with ``program`` instead of ``jax.jit``: while the cache is on, each is
 XLA's entries, keyed by the program's name, its arguments' structure, shapes and dtypes, its
 static arguments, the source of the installed jaxlasp and the JAX version; a later run
 deserializes it and only compiles (an XLA cache hit). With the cache off, ``program`` is
-``jax.jit``.
+``jax.jit``; ``JAXLASP_COMPILE_CACHE=xla`` keeps XLA's cache but exports no programs (exporting
+costs more than it saves where every program is compiled for one shape only, as in the tests).
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ log = logging.getLogger("jaxlasp")
 CACHE_DIR_ENV = "JAXLASP_CACHE_DIR"
 """Environment variable naming the cache folder."""
 SWITCH_ENV = "JAXLASP_COMPILE_CACHE"
-"""Environment variable: '0', 'no', 'off' or 'false' turns the cache off."""
+"""Environment variable: '0', 'no', 'off' or 'false' turns the cache off; 'xla' keeps XLA's
+compiled programs only (no exported programs)."""
 MIN_COMPILE_SECONDS = 0.0
 """Programs are cached however quickly they compiled (a run compiles dozens of small ones)."""
 
@@ -51,9 +53,13 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "jaxlasp" / "xla"
 
 
+def _switch() -> str:
+    return os.environ.get(SWITCH_ENV, "").strip().lower()
+
+
 def cache_switched_off() -> bool:
     """Whether ``$JAXLASP_COMPILE_CACHE`` turns the cache off."""
-    return os.environ.get(SWITCH_ENV, "").strip().lower() in ("0", "no", "off", "false")
+    return _switch() in ("0", "no", "off", "false")
 
 
 def enable_compilation_cache(path=None) -> Path | None:
@@ -73,7 +79,7 @@ def enable_compilation_cache(path=None) -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     global _programs_folder
-    _programs_folder = folder / PROGRAMS
+    _programs_folder = None if _switch() == "xla" else folder / PROGRAMS
     return folder
 
 

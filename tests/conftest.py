@@ -9,6 +9,9 @@ import tempfile
 # One BLAS thread: the NumPy/SciPy references solve small problems, and a multi-threaded OpenBLAS
 # slows down 100× when another process shares the two cores of a CI machine.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Each test compiles most programs for shapes of its own, where exporting programs
+# (compile_cache.program) costs more than it saves: XLA's cache only, unless a test says so.
+os.environ.setdefault("JAXLASP_COMPILE_CACHE", "xla")
 
 from pathlib import Path
 
@@ -29,8 +32,8 @@ enable_compilation_cache()
 
 # Property tests draw the same examples on every run, so CI cannot fail by chance; set
 # HYPOTHESIS_PROFILE=explore to search new examples.
-settings.register_profile("ci", derandomize=True)
-settings.register_profile("explore", derandomize=False)
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -38,6 +41,20 @@ SAMPLE = SHARED / "data" / "lamost-dr10-sample"
 GOLDEN = SHARED / "spec" / "golden.npz"
 ELODIE = SAMPLE / "elodie32_flux_tgm_4199-5700.fits"
 GROUP = SAMPLE / "pylasp_group0.npz"
+
+
+LONGEST_FILES = ("test_devices", "test_cluster", "test_start", "test_lines", "test_cli_fit",
+                 "test_catalog_integrity", "test_errors", "test_segments", "test_additive",
+                 "test_adam_float32", "test_adam")
+"""The test files that took longest (--durations on a 2-core CPU), longest first."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first, then the rest in their order (a stable sort: tests keep their
+    order within a file): pytest-xdist hands out whole files in this order, and a long file
+    started last holds up the end of the run while the other workers idle."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,6 +13,7 @@ from jaxlasp.model import theta_from_physical
 IDS = ["3706009", "3709197", "3713139", "3709130", "3713013"]
 
 
+@pytest.mark.slow
 def test_clean_adam_matches_pylasp(golden):
     model = golden["adam_bestfit"][:, :1325]
     resid = golden["adam_resid"]
@@ -67,6 +68,7 @@ def adam_fit(data):
     return adam.fit_batch_adam(fm, theta0, flux, weights)
 
 
+@pytest.mark.slow
 def test_spectrum_mode_reaches_the_lm_solution(data, adam_fit):
     """Measured: |Δ| ≤ 0.05 LM errors in RV, Teff, log g, [Fe/H] (in ≤ 125 Adam steps)."""
     from jaxlasp.api import result_columns
@@ -103,6 +105,7 @@ def trace(data):
     return jstep, states, infos
 
 
+@pytest.mark.slow
 def test_loop_equals_run_and_best_iterate_is_reported(data, adam_fit, trace):
     _, states, infos = trace
     final = states[-1]
@@ -151,6 +154,7 @@ def test_every_iterate_is_inside_the_box(data, trace):
     assert hit
 
 
+@pytest.mark.slow
 def test_group_mode_stops_together_near_lm(data, adam_fit):
     fm, _, theta0, flux, weights = data
     result, group_loss = adam.fit_batch_adam(fm, theta0, flux, weights, convergence="group")
@@ -161,6 +165,7 @@ def test_group_mode_stops_together_near_lm(data, adam_fit):
     assert float(group_loss) == pytest.approx(float(spectrum_loss), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fixed_clean_schedule_and_mask(data):
     fm, _, theta0, flux, weights = data
     result, _ = adam.fit_batch_adam(fm, theta0, flux, weights, clean=True, clean_schedule="fixed")
@@ -173,6 +178,7 @@ def test_fixed_clean_schedule_and_mask(data):
     assert np.all(rejected > 0) and np.all(rejected < 0.1 * flux.shape[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("convergence", ["spectrum", "group"])
 def test_projected_gradient_equals_reverse_mode(demo_fm, convergence):
     """The Adam gradient J_bᵀr_b from the variable-projection Jacobian equals reverse-mode

@@ -75,6 +75,7 @@ def test_schedule_choice():
         adam.schedule_for("adaptive", "group")
 
 
+@pytest.mark.slow
 def test_run_is_the_traced_loop(group_fit, trace):
     final = trace[0][-1]
     np.testing.assert_array_equal(group_fit.n_iter, final.n_iter)
@@ -83,6 +84,7 @@ def test_run_is_the_traced_loop(group_fit, trace):
                                atol=1e-10)
 
 
+@pytest.mark.slow
 def test_clean_follows_each_spectrums_convergence(data, trace):
     """Clean only once the spectrum's stopping rules fired; a changed mask starts a new fit, an
     unchanged one (or the MAX_CLEAN-th call) ends the cleaning, and only then may it stop."""
@@ -111,6 +113,7 @@ def test_clean_follows_each_spectrums_convergence(data, trace):
         assert final.status[b] in (adam.SMALL_CHANGES, adam.STALLED)
 
 
+@pytest.mark.slow
 def test_cap_and_stop_with_a_scripted_clean(data, monkeypatch):
     """A Clean that drops one more pixel per call while a quota lasts: quota 0 stops at the first
     call, quota 2 at the third, an endless quota at MAX_CLEAN calls with MAX_CLEAN pixels out."""
@@ -134,6 +137,7 @@ def test_cap_and_stop_with_a_scripted_clean(data, monkeypatch):
     assert np.all(np.isin(state.status, [adam.SMALL_CHANGES, adam.STALLED]))
 
 
+@pytest.mark.slow
 def test_spectrum_alone_equals_spectrum_in_group(data, trace):
     """The loop from the same start rows: alone or in the group, the same steps, Clean calls,
     mask and best iterate (to round-off). (The rows are shared because converting θ₀ to x in
@@ -151,6 +155,7 @@ def test_spectrum_alone_equals_spectrum_in_group(data, trace):
         np.testing.assert_allclose(alone.best_x[0], group.best_x[b], rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_recovers_the_truth_as_lm_clean_does(data, group_fit):
     """Adam's adaptive Clean finds LM Clean's masks and solutions, rejects the cosmic rays and
     recovers the truth within the errors."""
@@ -169,6 +174,7 @@ def test_recovers_the_truth_as_lm_clean_does(data, group_fit):
         assert np.all(np.abs(got[q] - truth) < 4 * got[q + "_err"]), q
 
 
+@pytest.mark.slow
 def test_adaptive_loop_stays_in_float32(emulator):
     """With a float32 emulator only per-spectrum scalars and the emulator basis are float64."""
     fm = build_forward_model(emulator.astype(jnp.float32), lamost_fit_grid(emulator.grid))

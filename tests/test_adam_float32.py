@@ -49,6 +49,7 @@ def test_loop_computes_in_float32(elodie, clean):
     assert final.best_x.dtype == jnp.float32 and final.best_loss.dtype == jnp.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clean", [False, True], ids=["noclean", "clean"])
 def test_float32_agrees_with_float64(elodie, clean):
     """Measured (No Clean / Clean, adaptive schedule): medians 4e-5 / 0.009 km/s, 0.002 / 0.22 K,

@@ -58,6 +58,7 @@ def group_of_100(spectra):
     return fit_in_groups(fm, theta0, flux, weights, len(flux))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", GROUPS)
 def test_results_independent_of_group_size(spectra, group_of_100, size):
     fm, theta0, flux, weights, n_real = spectra

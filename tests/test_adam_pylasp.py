@@ -89,6 +89,7 @@ def sigma_units(diff, reference):
                                            for i in diff["id"]]) for q in QUANTITIES}
 
 
+@pytest.mark.slow
 def test_stops_at_pylasps_iteration(run):
     clean, result, _, _, reference, _ = run
     assert np.all(result.converged) and np.all(result.flags == 0)
@@ -96,6 +97,7 @@ def test_stops_at_pylasps_iteration(run):
     np.testing.assert_array_equal(result.n_iter, last + 1)   # iter is 0-based
 
 
+@pytest.mark.slow
 def test_losses(run, inputs):
     """PyLASP's alone_loss (masked RMS over N−2 pixels) and total_loss (the group's RMS).
 
@@ -115,6 +117,7 @@ def test_losses(run, inputs):
     assert abs(group_loss / total - 1) <= tol
 
 
+@pytest.mark.slow
 def test_post_step_parameters_reproduce_pylasp(inputs, noclean_fit):
     """No Clean: PyLASP's reported x (one step after the last evaluated point, §i.6) from our loop.
 
@@ -139,6 +142,7 @@ def test_post_step_parameters_reproduce_pylasp(inputs, noclean_fit):
         assert np.max(np.abs(diff[q])) <= maximum[q], q
 
 
+@pytest.mark.slow
 def test_reported_parameters(run):
     """Our best iterates against PyLASP's CSV.
 
@@ -161,6 +165,7 @@ def test_reported_parameters(run):
             assert np.max(np.abs(diff[q])) <= maximum[q], q
 
 
+@pytest.mark.slow
 def test_errors_near_pylasps(run):
     """Exact-Jacobian errors vs PyLASP's h = 0.05 central differences (±12 % in Teff) and, with
     Clean, its dof that ignores the mask: measured median ≤ 3.3 %, max 14.5 % (log g, 3709139)."""

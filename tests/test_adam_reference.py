@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import ELODIE, SAMPLE, need
 
 from jaxlasp.api import PYLASP, fit_files
@@ -12,6 +13,7 @@ MEDIAN = {"rv": 0.05, "teff": 3.0, "logg": 0.005, "feh": 0.003}
 MAXIMUM = {"rv": 0.3, "teff": 15.0, "logg": 0.03, "feh": 0.015}
 
 
+@pytest.mark.slow
 def test_adam_matches_lm_on_the_sample():
     paths = sorted(need(SAMPLE / "fits").glob("*.fits"))
     lm = fit_files(paths, need(ELODIE), **PYLASP)
@@ -24,6 +26,7 @@ def test_adam_matches_lm_on_the_sample():
         np.testing.assert_allclose(adam[q + "_err"], lm[q + "_err"], rtol=0.05)
 
 
+@pytest.mark.slow
 def test_adam_clean_matches_lm_clean():
     """Default Adam Clean (the adaptive schedule: CurveFit's Clean §g.1 at each spectrum's own
     convergence, as LM's Clean cycles) vs LM Clean, within the LM-vs-CurveFit tolerances.

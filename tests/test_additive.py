@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from jaxlasp.spectral.continuum import combined_fit, legendre_basis
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=30)
 @given(st.integers(0, 6), st.integers(0, 3), st.integers(0, 2**31 - 1))
 def test_combined_fit_against_lstsq(mdegree, adegree, seed):
@@ -31,6 +32,7 @@ def test_combined_fit_against_lstsq(mdegree, adegree, seed):
                                atol=1e-10)
 
 
+@pytest.mark.slow
 def test_without_an_additive_polynomial_the_model_is_unchanged(demo_fm):
     """``adegree=-1`` is the default forward model, bit for bit (the PyLASP path); with an
     additive polynomial the Jacobian is that of the residuals."""
@@ -82,6 +84,7 @@ def scattered(tmp_path_factory):
     return source, edited_lamost_copy(source, path, add_light)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, clean", [("lm", False), ("lm", True), ("adam", False)])
 def test_a_constant_added_to_the_flux_changes_nothing_with_adegree_0(scattered, elodie, method,
                                                                      clean):
@@ -98,6 +101,7 @@ def test_a_constant_added_to_the_flux_changes_nothing_with_adegree_0(scattered, 
         assert max(moved) > 1.0  # without the additive term the offset biases the fit
 
 
+@pytest.mark.slow
 def test_cli_degrees_reach_the_catalog_options(scattered, tmp_path, capsys):
     from jaxlasp.cli import main
     from jaxlasp.io.catalog import read_catalog

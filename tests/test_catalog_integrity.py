@@ -89,6 +89,7 @@ def same_rows(table, reference):
         assert list(table[name]) == list(reference[name]), name
 
 
+@pytest.mark.slow
 def test_killed_during_the_merge_resumes_to_one_row_per_spectrum(mock_folder, reference,
                                                                    tmp_path):
     """State of a kill after the catalog was renamed into place but before its parts were
@@ -104,6 +105,7 @@ def test_killed_during_the_merge_resumes_to_one_row_per_spectrum(mock_folder, re
     assert not parts.exists()
 
 
+@pytest.mark.slow
 def test_resume_knows_a_folder_however_it_is_typed(mock_folder, reference, tmp_path,
                                                     monkeypatch):
     output = tmp_path / "catalog.ecsv"
@@ -135,6 +137,7 @@ def test_inputs_without_spectra_are_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "c.ecsv").exists()
 
 
+@pytest.mark.slow
 def test_link_loops_and_reader_crashes_become_rows(mock_folder, tmp_path):
     folder = tmp_path / "in"
     shutil.copytree(mock_folder, folder)
@@ -165,6 +168,7 @@ def test_link_loops_and_reader_crashes_become_rows(mock_folder, tmp_path):
     assert "plug-in bug" in read_catalog(tmp_path / "crash.ecsv")["reason"][0]
 
 
+@pytest.mark.slow
 def test_a_full_disk_names_the_file_and_how_to_resume(mock_folder, tmp_path, monkeypatch, capsys):
     import errno
 
@@ -260,6 +264,7 @@ print("not killed")
 parts written or removed."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage, k", [("after parts", 1), ("after parts", 3),
                                       ("writing a part", 1), ("writing the catalog", 0),
                                       ("removing parts", 0), ("removing parts", 2)])
@@ -277,6 +282,7 @@ def test_killed_at_any_stage_resumes_to_the_uninterrupted_catalog(mock_folder, r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.ecsv"]  # no litter, no lock
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_write_one_catalog(mock_folder, reference, tmp_path):
     output = tmp_path / "catalog.ecsv"
     command = [sys.executable, "-m", "jaxlasp", "fit", str(mock_folder), "--model", "demo",
@@ -301,6 +307,7 @@ def test_an_output_where_no_file_can_be_created_fails_before_the_model_loads(moc
     assert "/proc/x.ecsv: cannot create files in /proc" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pixels_of_zero_flux_are_left_out(tmp_path, elodie):
     """LAMOST writes 0 where a pixel has no data: ten such pixels inside the window are no
     measurement, so the fit is the one with those pixels missing (NaN), and near the untouched
@@ -326,6 +333,7 @@ def test_pixels_of_zero_flux_are_left_out(tmp_path, elodie):
         assert abs(table[name][1] - table[name][0]) < 0.5 * table[f"{name}_err"][0], name
 
 
+@pytest.mark.slow
 def test_the_catalog_records_its_provenance(reference, mock_folder, tmp_path):
     """Version, date, options (model and checksum included) and column descriptions and units
     travel with the catalog."""

@@ -84,11 +84,13 @@ def rows(table, stem):
     return table[[str(p).endswith(f"/{stem}.fits") for p in table["path"]]]
 
 
+@pytest.mark.slow
 def test_exit_code_says_some_failed(battery):
     code, _, _ = battery
     assert code == 3
 
 
+@pytest.mark.slow
 def test_every_input_once(battery):
     _, table, spectra = battery
     files = sorted(str(p) for p in spectra.rglob("*.fits")) + [str(spectra / "missing.fits")]
@@ -96,6 +98,7 @@ def test_every_input_once(battery):
     assert len(set(table["path"])) == len(table)
 
 
+@pytest.mark.slow
 def test_good_spectra_match_pylasp(battery):
     _, table, _ = battery
     good = table[[i in GOOD for i in table["id"]]]
@@ -108,6 +111,7 @@ def test_good_spectra_match_pylasp(battery):
     assert twins["teff"][0] == twins["teff"][1]  # duplicate names: both fitted, both kept
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stem, words", [
     ("nan_all", "no finite flux"),
     ("no_coadd", "COADD"),
@@ -125,6 +129,7 @@ def test_unreadable_files_get_a_row_with_the_reason(battery, stem, words):
     assert words.lower() in row["reason"].lower(), row["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stem", ["zero_all", "negative_all"])
 def test_unphysical_flux_is_flagged_not_fitted_as_good(battery, stem):
     _, table, _ = battery
@@ -132,6 +137,7 @@ def test_unphysical_flux_is_flagged_not_fitted_as_good(battery, stem):
     assert not row["converged"] and row["reason"], row
 
 
+@pytest.mark.slow
 def test_repaired_and_ignored_defects_are_fitted(battery):
     _, table, _ = battery
     for stem in ("nan_some", "inf_some", "ivar_zero"):
@@ -143,6 +149,7 @@ def test_repaired_and_ignored_defects_are_fitted(battery):
         assert abs(rows(table, stem)[0]["teff"] - reference["teff"]) < 3 * reference["teff_err"]
 
 
+@pytest.mark.slow
 def test_ivar_weighting_flags_a_spectrum_without_valid_ivar(battery, tmp_path):
     _, _, spectra = battery
     catalog = tmp_path / "ivar.csv"
@@ -155,6 +162,7 @@ def test_ivar_weighting_flags_a_spectrum_without_valid_ivar(battery, tmp_path):
     assert "few_pixels" in table["reason"][0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, words", [
     (["-o", "no/such/folder/catalog.csv"], "does not exist"),
     (["-o", "catalog.xlsx"], "unknown catalog format"),

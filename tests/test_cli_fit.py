@@ -44,6 +44,7 @@ def catalogs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["csv", "fits", "parquet"])
 def test_catalog_matches_pylasp_curvefit(catalogs, suffix):
     table = catalogs[suffix]
@@ -61,6 +62,7 @@ def test_catalog_matches_pylasp_curvefit(catalogs, suffix):
         assert np.max(np.abs(diff[q])) <= MAXIMUM[q], q
 
 
+@pytest.mark.slow
 def test_formats_hold_the_same_numbers(catalogs):
     csv, fits, parquet = catalogs["csv"], catalogs["fits"], catalogs["parquet"]
     for name in NUMERIC:
@@ -69,6 +71,7 @@ def test_formats_hold_the_same_numbers(catalogs):
     assert fits["teff"].unit == "K" and parquet["rv"].unit == "km / s"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["csv", "fits", "parquet"])
 def test_survey_columns_link_rows_back_to_the_survey(catalogs, suffix):
     """OBSID, RA, Dec and the five S/N values of each LAMOST file's header, in every format;
@@ -87,6 +90,7 @@ def test_survey_columns_link_rows_back_to_the_survey(catalogs, suffix):
     assert "options" in table.meta and "jaxlasp" in table.meta  # CSV: in its commented header
 
 
+@pytest.mark.slow
 def test_existing_catalog_is_not_overwritten_without_resume(catalogs, tmp_path, capsys):
     path = tmp_path / "c.csv"
     path.write_text("keep me")
@@ -94,6 +98,7 @@ def test_existing_catalog_is_not_overwritten_without_resume(catalogs, tmp_path, 
     assert "--resume" in capsys.readouterr().err and path.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_default_global_start_agrees_with_pylasp_and_resume_fits_nothing(catalogs, tmp_path):
     path = tmp_path / "c.ecsv"
     assert main(fit_args(path)) == 0  # --start global
@@ -118,6 +123,7 @@ def _cli(output, *extra):
                             stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_catalog(catalogs, tmp_path):
     output = tmp_path / "killed.csv"
     parts = tmp_path / "killed.csv.parts"
@@ -142,6 +148,7 @@ def test_kill_and_resume_gives_the_uninterrupted_catalog(catalogs, tmp_path):
         np.testing.assert_allclose(table[name], whole[name], rtol=1e-7, atol=1e-9, err_msg=name)
 
 
+@pytest.mark.slow
 def test_plot_a_fit_and_a_catalog_row(catalogs, tmp_path, capsys):
     spectrum = str(need(SAMPLE / "fits" / "3706009.fits"))
     catalog = tmp_path / "c.ecsv"
@@ -157,6 +164,7 @@ def test_plot_a_fit_and_a_catalog_row(catalogs, tmp_path, capsys):
     assert "no row for spectrum 3706009" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plot_from_a_clean_catalog_draws_the_catalogs_fit(tmp_path, monkeypatch, capsys):
     """--from-catalog fits the spectrum again with the options the catalog recorded: a Clean
     catalog's plot has its Clean mask (same pixels used, same rejected count) and its numbers;

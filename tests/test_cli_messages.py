@@ -56,6 +56,7 @@ def test_an_existing_catalog_is_refused_in_cli_words(tmp_path, capsys):
     assert "already exists: add --resume" in err and "resume=True" not in err
 
 
+@pytest.mark.slow
 def test_output_into_a_closed_pipe_is_not_an_error():
     shell = subprocess.run(f"{sys.executable} -m jaxlasp spectrum --model demo --full | head -1",
                            shell=True, capture_output=True, text=True, timeout=120)

@@ -61,6 +61,7 @@ def assert_same_catalog(ours, reference):
         np.testing.assert_allclose(ours[name], reference[name], rtol=1e-9, atol=0, err_msg=name)
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_single_process_catalog(mock_files, single_process, client,
                                                      tmp_path):
     output = tmp_path / "cluster.ecsv"
@@ -75,6 +76,7 @@ def test_two_workers_give_the_single_process_catalog(mock_files, single_process,
     assert_same_catalog(read_catalog(output), single_process)
 
 
+@pytest.mark.slow
 def test_killed_worker_still_gives_a_complete_catalog(mock_files, single_process, client,
                                                       tmp_path):
     output = tmp_path / "killed.ecsv"
@@ -96,6 +98,7 @@ def test_killed_worker_still_gives_a_complete_catalog(mock_files, single_process
     assert_same_catalog(read_catalog(output), single_process)
 
 
+@pytest.mark.slow
 def test_resume_keeps_finished_chunks(mock_files, single_process, client, tmp_path):
     output = tmp_path / "resumed.parquet"  # Parquet parts
     first = [str(p.absolute()) for p in mock_files[:25]]
@@ -109,6 +112,7 @@ def test_resume_keeps_finished_chunks(mock_files, single_process, client, tmp_pa
     assert_same_catalog(read_catalog(output), single_process)
 
 
+@pytest.mark.slow
 def test_unreadable_files_get_rows(mock_files, client, tmp_path):
     broken = tmp_path / "broken.fits"
     broken.write_bytes(b"not a FITS file")
@@ -120,6 +124,7 @@ def test_unreadable_files_get_rows(mock_files, client, tmp_path):
     assert catalog["id"][0] == "broken" and not catalog["converged"][0]
 
 
+@pytest.mark.slow
 def test_cli_runs_on_a_local_cluster(mock_files, single_process, tmp_path):
     from jaxlasp.cli import main
 

@@ -15,6 +15,7 @@ def demo(tmp_path_factory):
     return code, folder
 
 
+@pytest.mark.slow
 def test_demo_writes_a_catalog_and_a_plot(demo, capsys):
     code, folder = demo
     assert code == 0
@@ -23,6 +24,7 @@ def test_demo_writes_a_catalog_and_a_plot(demo, capsys):
     assert (folder / "recovery.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_demo_recovers_the_truth(demo):
     _, folder = demo
     table = read_catalog(folder / "catalog.ecsv")

@@ -29,6 +29,7 @@ def depth(wave, flux, centre, half_window=3.0):
     return 1.0 - flux[np.argmin(np.abs(wave - centre))] / flux[near].max()
 
 
+@pytest.mark.slow
 def test_deterministic(emu):
     assert demo_emulator() is emu
     again = demo_emulator.__wrapped__()

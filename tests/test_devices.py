@@ -45,7 +45,8 @@ SCRIPT = textwrap.dedent(f"""
 @pytest.fixture(scope="module")
 def four_device_run(tmp_path_factory):
     result = tmp_path_factory.mktemp("devices") / "results.npz"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = {**os.environ, "XLA_FLAGS": flags.strip(),
            "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(result)], env=env,
                           capture_output=True, text=True, timeout=1500)
@@ -54,6 +55,7 @@ def four_device_run(tmp_path_factory):
         return dict(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["global", "fixed_clean"])
 def test_four_devices_agree_with_one(four_device_run, run):
     one = {k.split("-")[-1]: v for k, v in four_device_run.items() if k.startswith(f"{run}-1-")}

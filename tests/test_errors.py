@@ -59,6 +59,7 @@ def scipy_profile(fm, theta, fixed: int, flux, weights, lower, upper) -> float:
     return float(2 * sol.cost)
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(star=st.integers(0, N - 1), which=st.integers(0, len(PROFILED) - 1),
        sign=st.sampled_from([-1.0, 1.0]))
@@ -79,6 +80,7 @@ def test_profile_chi2_reaches_scipy_constrained_minimum(fm, snr20, star, which, 
     assert ours - reference <= max(0.02 * (reference - best), 0.05)
 
 
+@pytest.mark.slow
 def test_ratios_are_one_where_chi2_is_quadratic(fm):
     """At S/N 1000 the χ² over ±2 errors is a parabola: the rescaling changes nothing (< 3 %)."""
     result, flux, weights = fitted(fm, 1000.0)
@@ -89,6 +91,7 @@ def test_ratios_are_one_where_chi2_is_quadratic(fm):
     np.testing.assert_allclose(after / before, 1.0, atol=0.03)
 
 
+@pytest.mark.slow
 def test_profile_errors_keep_solution_and_correlations(fm, snr20):
     result, flux, weights = snr20
     out = profile_errors(fm, result, flux, weights)
@@ -100,6 +103,7 @@ def test_profile_errors_keep_solution_and_correlations(fm, snr20):
     assert not np.allclose(after, before)  # at S/N 20 some errors do change
 
 
+@pytest.mark.slow
 def test_failed_fit_keeps_its_covariance(fm, snr20):
     """A covariance with NaN (a failed fit) is passed through unchanged, the rest rescaled."""
     result, flux, weights = snr20
@@ -126,6 +130,7 @@ def test_api_error_models(fm, snr20):
         fit_arrays(flux, emulator, errors="bootstrap", **kwargs)
 
 
+@pytest.mark.slow
 def test_one_step_errors_agree_with_two_steps_on_lamost():
     """The default (one Gauss–Newton step per profile point) against the former two steps on the
     25 LAMOST sample spectra (LM No Clean from PyLASP's start): every profiled error within 2 %

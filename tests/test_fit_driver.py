@@ -21,6 +21,7 @@ def batch_table(paths):
     return fit_files(paths, need(ELODIE), **PYLASP)
 
 
+@pytest.mark.slow
 def test_batch_equals_one_at_a_time(paths, batch_table):
     for k, path in enumerate(paths):
         single = fit_files([path], ELODIE, **PYLASP)
@@ -49,6 +50,7 @@ def test_bad_file_gets_a_row_and_the_rest_are_fitted(paths, batch_table, tmp_pat
     assert table["teff"][2] == pytest.approx(batch_table["teff"][1], rel=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lm", "curvefit"])
 def test_unusable_spectra_are_flagged_not_raised(elodie, method):
     from jaxlasp.grids import lamost_fit_grid
@@ -78,6 +80,7 @@ def test_per_spectrum_starts(paths):
     assert np.all(table["converged"])
 
 
+@pytest.mark.slow
 def test_iteration_cap_is_flagged(paths):
     from jaxlasp.fit.driver import NOT_CONVERGED
 
@@ -109,6 +112,7 @@ def test_degenerate_solution_is_flagged(elodie):
     assert int(result.flags[0]) & UNDERSAMPLED and not int(result.flags[1]) & UNDERSAMPLED
 
 
+@pytest.mark.slow
 def test_adam_through_the_same_entry_point(paths, batch_table):
     table = fit_files(paths, ELODIE, method="adam", **PYLASP)
     assert list(table["id"]) == IDS and np.all(table["converged"])

@@ -44,6 +44,7 @@ def test_vacuum_wavelengths_given_as_air_are_refused_naming_the_keyword():
         fit_spectra(wave, flux, ivar, model=ELODIE, **START)
 
 
+@pytest.mark.slow
 def test_any_grid_is_resampled_onto_the_fit_grid(from_files):
     """The same spectrum on a linear 1 Å grid (air): fitted on LAMOST's pixels after a
     flux-conserving resampling, close to the file's fit."""

@@ -51,6 +51,7 @@ def test_kernel(golden, i):
     assert float(jnp.sum(kernel)) == pytest.approx(1.0, abs=1e-15)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", POINTS)
 @pytest.mark.parametrize("name,key", [
     ("resampled", "cf_resampled"), ("convolved", "cf_convolved"), ("model", "cf_bestfit"),

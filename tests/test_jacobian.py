@@ -30,6 +30,7 @@ def observed(fm):
     return jnp.asarray(flux * (1 + rng.normal(0, 0.01, GRID.n)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("masked", [False, True], ids=["all_pixels", "gaps"])
 @pytest.mark.parametrize("point", POINTS)
 def test_equals_jacfwd(fm, observed, point, masked):

@@ -70,6 +70,7 @@ def _random_lines(rng, grid, k, depth=(0.05, 0.6)):
     return _lines(grid.centres[pixel], np.log(rng.uniform(*depth, k) / peak), sigma, gamma)
 
 
+@pytest.mark.slow
 def test_banded_equals_dense():
     """A window as wide as the grid reproduces the dense product; a cut one differs by the wings."""
     grid = LinearGrid(5000.0, 0.2, 201)
@@ -83,6 +84,7 @@ def test_banded_equals_dense():
         L.transmission(lines, grid, halfwidth=101)
 
 
+@pytest.mark.slow
 def test_clone_recovers_injected_lines():
     grid = LinearGrid(5000.0, 0.2, 400)
     truth = _random_lines(np.random.default_rng(1), grid, 10)
@@ -142,6 +144,7 @@ def _synthetic_emulator(amplitude):
     return L.LineListEmulator(lines, continuum, grid, AXES, dom, 40, amplitude=amplitude)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amplitude", ["log", "linear"])
 def test_emulator_gradient_matches_finite_differences(amplitude):
     em = _synthetic_emulator(amplitude)
@@ -159,6 +162,7 @@ def test_emulator_gradient_matches_finite_differences(amplitude):
             assert grad[i] == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_emulator_at_nodes_and_crop():
     """At a node the emulator gives that node's lines; a crop keeps the same flux on its pixels."""
     em = _synthetic_emulator("log")
@@ -188,6 +192,7 @@ def tgm_small():
     return crop_to(tgm, 4400.0, 4600.0)
 
 
+@pytest.mark.slow
 def test_build_emulator_end_to_end(tgm_small):
     """Clones are close to the source spectra at the nodes; the flux differentiates in Teff."""
     source = L.source_grid(tgm_small, [5000.0, 6000.0], [3.5, 4.5], [-0.5, 0.0])
@@ -212,6 +217,7 @@ def linelist_small(tgm_small):
     return em.with_amplitude("linear")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lm", "adam"])
 def test_rv_and_broadening_are_fitted_through_the_line_list(linelist_small, method):
     """The line-list emulator plugs into the forward model: both optimisers recover RV, σ and
@@ -262,6 +268,7 @@ def _with_gaps(em):
     return em, replace(em, active=jnp.asarray(L.cell_lines(ln_amp)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amplitude", ["log", "linear"])
 def test_cell_lines_give_the_same_flux_and_gradient(amplitude):
     """Evaluating only the lines of the point's cell changes neither flux nor its gradient."""
@@ -293,6 +300,7 @@ def _shoulder_source():
                         Domain(*((a[0], a[-1]) for a in axes))), spectrum
 
 
+@pytest.mark.slow
 def test_second_pass_adds_the_missed_line():
     source, spectrum = _shoulder_source()
     assert L.detect_lines(spectrum).pixel.size == 2          # the shoulder is not a minimum
@@ -306,6 +314,7 @@ def test_second_pass_adds_the_missed_line():
     assert np.sqrt(np.mean((clone - spectrum) ** 2)) < 5e-4
 
 
+@pytest.mark.slow
 def test_missed_lines_skips_cloned_pixels():
     grid = LinearGrid(5000.0, 0.2, 200)
     truth = _lines(grid.centres[[50, 120]], np.log([0.1, 0.1]), [0.25, 0.25], [0.02, 0.02])
@@ -334,6 +343,7 @@ def test_pooled_lines_merges_across_nodes_not_within():
     assert L.pooled_lines([_detections([])], grid).mu.size == 0
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.integers(20, 80), max_size=12, unique=True), min_size=1, max_size=5))
 def test_pooled_lines_properties(pixel_lists):
@@ -395,6 +405,7 @@ def _smooth_source():
     return source, spectrum
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", L.CLONE_METHODS)
 def test_clone_methods_on_a_smooth_grid(method):
     """Both methods clone the nodes closely; between the nodes only the shared clone stays close to
@@ -412,6 +423,7 @@ def test_clone_methods_on_a_smooth_grid(method):
         assert between > 2 * np.median(report.rms)
 
 
+@pytest.mark.slow
 def test_shared_clone_smoothness_lowers_roughness():
     source, _ = _smooth_source()
     targets = source.normalised.reshape(-1, source.grid.n)
@@ -428,6 +440,7 @@ def test_shared_clone_smoothness_lowers_roughness():
     assert rough[1] < 0.5 * rough[0]
 
 
+@pytest.mark.slow
 def test_unknown_clone_method():
     source, _ = _smooth_source()
     with pytest.raises(ValueError, match="method"):

@@ -27,6 +27,7 @@ def rosenbrock(theta, shared, data):
 X = np.linspace(0, 4, 60)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_matches_scipy_least_squares(seed):
@@ -43,6 +44,7 @@ def test_matches_scipy_least_squares(seed):
     np.testing.assert_allclose(state.theta[0], ref.x, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_rosenbrock_and_iteration_cap():
     start = jnp.asarray([[-1.2, 1.0], [-1.2, 1.0]])
     bounds = dict(lower=np.full(2, -np.inf), upper=np.full(2, np.inf))
@@ -100,6 +102,7 @@ def linear(theta, shared, data):
     return shared @ theta - data
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_bounded_linear_problem_converges_to_lsq_linear(seed):

@@ -52,6 +52,7 @@ def run(request):
     return method, clean, table, diff
 
 
+@pytest.mark.slow
 def test_all_converge(run):
     _, _, table, _ = run
     assert len(table) == 25
@@ -59,6 +60,7 @@ def test_all_converge(run):
     assert np.all((table["flags"] & 0xFF) == 0)
 
 
+@pytest.mark.slow
 def test_medians(run):
     _, _, _, diff = run
     assert len(diff["id"]) >= 14
@@ -66,12 +68,14 @@ def test_medians(run):
         assert np.median(np.abs(diff[q])) <= tol, q
 
 
+@pytest.mark.slow
 def test_errors_within_ten_percent(run):
     _, _, _, diff = run
     for q in MEDIAN:
         assert np.max(np.abs(diff[q + "_err"])) <= ERROR_RATIO, q
 
 
+@pytest.mark.slow
 def test_maxima(run, request):
     """The maxima of issue 3. Exact path with Clean: its masks differ from PyLASP's on 3713134
     and 3713139 (each Clean acts on where the previous fit stopped), 30–41 K (strict xfail).
@@ -91,6 +95,7 @@ def test_maxima(run, request):
         assert np.max(np.abs(diff[q][keep])) <= tol, q
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clean", [False, True], ids=["noclean", "clean"])
 def test_curvefit_reproduces_pylasp_rerun(clean):
     """CurveFit's path against PyLASP re-run on one machine, all 24 spectra it fits."""

@@ -19,6 +19,7 @@ def models(elodie):
     return build_forward_model(elodie, grid), NumpyForwardModel.from_emulator(elodie, grid), grid
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31 - 1), teff=st.floats(4600, 6800), logg=st.floats(2.0, 4.7),

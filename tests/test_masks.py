@@ -73,6 +73,7 @@ def spoiled(tmp_path_factory):
     return source, edited_lamost_copy(source, path, spoil)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, clean", [("lm", False), ("lm", True), ("adam", True)])
 def test_a_masked_bad_region_changes_nothing(spoiled, elodie, method, clean):
     """Flux × 3 over a masked region: the same parameters as the untouched spectrum with the same
@@ -95,6 +96,7 @@ def test_a_masked_bad_region_changes_nothing(spoiled, elodie, method, clean):
         assert plain["n_pixels"][0] - masked["n_pixels"][0] == inside
 
 
+@pytest.mark.slow
 def test_a_fully_masked_spectrum_is_a_flagged_row(spoiled, elodie):
     from jaxlasp.api import fit_files
 
@@ -106,6 +108,7 @@ def test_a_fully_masked_spectrum_is_a_flagged_row(spoiled, elodie):
     assert np.isnan(table["teff"]).all() and np.isnan(table["rv_err"]).all()
 
 
+@pytest.mark.slow
 def test_a_pixel_mask_array_equals_its_intervals(elodie):
     from jaxlasp.api import fit_arrays
     from jaxlasp.grids import lamost_fit_grid
@@ -127,6 +130,7 @@ def test_a_pixel_mask_array_equals_its_intervals(elodie):
         fit_arrays(flux, elodie, mask=pixels[:-1])
 
 
+@pytest.mark.slow
 def test_cli_mask_reaches_the_catalog_and_its_options(spoiled, tmp_path, capsys):
     from jaxlasp.cli import main
     from jaxlasp.io.catalog import read_catalog

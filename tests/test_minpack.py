@@ -39,6 +39,7 @@ def problem(seed):
     return start, y
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), ftol=st.sampled_from([1e-2, 1e-3, 1e-5, 1.49012e-8]))
 def test_follows_scipy_leastsq(seed, ftol):
@@ -57,6 +58,7 @@ def test_follows_scipy_leastsq(seed, ftol):
                                atol=1e-6 * scale)
 
 
+@pytest.mark.slow
 def test_batch_equals_one_at_a_time():
     problems = [problem(seed) for seed in range(4)]
     starts = jnp.asarray(np.stack([p[0] for p in problems]))
@@ -69,6 +71,7 @@ def test_batch_equals_one_at_a_time():
         assert int(batch.nfev[i]) == int(alone.nfev[0])
 
 
+@pytest.mark.slow
 def test_evaluation_limit_and_skipped_members():
     """maxfev reached gives MINPACK's info 5 (curve_fit raises there); inactive members are not
     touched."""

@@ -156,6 +156,7 @@ def test_draw_rejects_bad_arguments(kwargs, match):
 
 # ---------------------------------------------------------------- simulate
 
+@pytest.mark.slow
 def test_layout(mocks, fm, truth):
     npix = fm.grid.n
     for name in ("flux", "ivar", "weights", "noiseless", "continuum"):
@@ -296,6 +297,7 @@ def test_simulate_rejects_bad_models_and_stars(fm, truth):
         simulate(fm, four._replace(rv=np.zeros(3)))
 
 
+@pytest.mark.slow
 def test_simulate_elodie(elodie):
     """The real ELODIE emulator: a noise-free mock has zero residuals at the true parameters."""
     truth = draw_parameters(4, seed=7, teff=(4000.0, 8000.0), logg=(1.0, 5.0), feh=(-2.0, 0.3))
@@ -311,6 +313,7 @@ def test_simulate_elodie(elodie):
 
 # ---------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 def test_fit_recovers_the_truth():
     """fit_arrays on 5 noise-free and 5 S/N-100 mocks with continuum recovers the truth.
 

@@ -44,6 +44,7 @@ POINTS = [(5600.0, 4.2, -0.3, 0.37, 1.21), (4300.0, 2.1, -1.2, -2.23, 0.93),
           (12500.0, 3.5, 0.0, -0.77, 2.11)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", POINTS)
 def test_jacfwd_matches_central_differences(fm, observed, point):
     teff, logg, feh, mu, sigma = point
@@ -61,6 +62,7 @@ def test_jacfwd_matches_central_differences(fm, observed, point):
         np.testing.assert_allclose(jac[:, j], fd, rtol=0, atol=2e-6 * scale)
 
 
+@pytest.mark.slow
 def test_vmap_equals_loop(fm, observed):
     flux, weights = observed
     rng = np.random.default_rng(3)
@@ -119,6 +121,7 @@ def test_flags_non_finite_and_negative_polynomial(fm, observed):
     assert bool(model_flags(fm, theta, comps, weights)[2])
 
 
+@pytest.mark.slow
 def test_fold_equals_per_model_resampling(elodie):
     folded = build_forward_model(elodie, GRID, fold=True)
     direct = build_forward_model(elodie, GRID, fold=False)

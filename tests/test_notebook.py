@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "tutorial.ipynb"
 
 
+@pytest.mark.slow
 def test_tutorial_runs(monkeypatch):
     monkeypatch.chdir(NOTEBOOK.parent)
     namespace: dict = {}

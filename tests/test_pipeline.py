@@ -112,6 +112,7 @@ def test_steady_stages_leave_out_the_first_group():
     assert steady_stages(total, first) == {"read": 2.0, "fit": 4.0, "idle": 0.5}
 
 
+@pytest.mark.slow
 def test_run_reports_its_stage_split(tmp_path):
     files = sorted(need(SAMPLE / "fits").glob("*.fits*"))[:6]
     options = FitOptions(start=(7500.0, 3.5, -0.5), errors="laplace", group_size=2)
@@ -146,6 +147,17 @@ def test_cli_switches_the_cache(monkeypatch, tmp_path, flag, env, on):
     assert compile_cache.cache_switched_off() == (not on)  # what Dask workers go by
 
 
+def test_xla_switch_keeps_xlas_cache_but_exports_no_programs(monkeypatch, tmp_path):
+    monkeypatch.setattr(compile_cache, "_programs_folder", None)
+    monkeypatch.setenv("JAXLASP_COMPILE_CACHE", "xla")
+    assert not compile_cache.cache_switched_off()
+    assert compile_cache.enable_compilation_cache(tmp_path) == tmp_path
+    assert compile_cache._programs_folder is None
+    monkeypatch.setenv("JAXLASP_COMPILE_CACHE", "")
+    compile_cache.enable_compilation_cache(tmp_path)
+    assert compile_cache._programs_folder == tmp_path / compile_cache.PROGRAMS
+
+
 def test_unusable_cache_folder_is_a_warning_not_an_error(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -153,6 +165,7 @@ def test_unusable_cache_folder_is_a_warning_not_an_error(tmp_path, caplog):
     assert "compilation cache off" in caplog.text
 
 
+@pytest.mark.slow
 def test_second_run_loads_compiled_programs_from_the_cache(tmp_path):
     """Two ``jaxlasp fit`` processes with one cache folder: the first fills it, the second adds
     nothing (every program came from it) and writes the same catalog. (The switch that turns

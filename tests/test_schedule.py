@@ -32,6 +32,7 @@ def problems():
     return jnp.asarray(start), jnp.asarray(y), jnp.asarray(ftol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slots", [1, 4, 13])
 @pytest.mark.parametrize("with_active", [False, True])
 def test_same_results_as_run(problems, slots, with_active):

@@ -52,6 +52,7 @@ def recalibrated(tmp_path_factory):
     return source, edited_lamost_copy(source, path, recalibrate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, clean", [("lm", False), ("lm", True), ("adam", False)])
 def test_one_segment_scaled_changes_nothing(recalibrated, elodie, method, clean):
     """Exact where χ² is invariant: pixels weighted by IVAR, which scales with the calibration
@@ -73,6 +74,7 @@ def test_one_segment_scaled_changes_nothing(recalibrated, elodie, method, clean)
         assert table["n_pixels"][0] == plain["n_pixels"][0] - gap
 
 
+@pytest.mark.slow
 def test_one_segment_over_the_window_is_the_default_fit(elodie):
     """The explicit design path (one segment, degree 50) equals PyLASP's moment path."""
     from jaxlasp.api import fit_files
@@ -84,6 +86,7 @@ def test_one_segment_over_the_window_is_the_default_fit(elodie):
         np.testing.assert_allclose(segmented[name], default[name], rtol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_cli_segments(recalibrated, tmp_path, capsys):
     from jaxlasp.cli import main
     from jaxlasp.io.catalog import read_catalog

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.linalg
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,10 @@ from jaxlasp.spectral.continuum import (
 from jaxlasp.spectral.resample import resample
 
 seeds = st.integers(0, 2**32 - 1)
+# Every new array shape is a new XLA compilation (~1 s): sizes come from a few values, from the
+# smallest a kernel allows to the largest used, while the values in the arrays are drawn freely.
+n_inputs = st.sampled_from([5, 6, 37, 200])
+n_outputs = st.sampled_from([2, 3, 29, 80])
 
 
 def random_edges(rng, n, lo=4000.0, hi=6000.0):
@@ -34,8 +39,9 @@ def overlap_reference(flux, in_edges, out_edges):
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
-@given(seed=seeds, n_in=st.integers(5, 200), n_out=st.integers(2, 80))
+@given(seed=seeds, n_in=n_inputs, n_out=n_outputs)
 def test_resample_matches_overlap_integral(seed, n_in, n_out):
     rng = np.random.default_rng(seed)
     in_edges = random_edges(rng, n_in)
@@ -46,8 +52,9 @@ def test_resample_matches_overlap_integral(seed, n_in, n_out):
         np.testing.assert_allclose(ours, overlap_reference(flux, in_edges, inner), rtol=1e-10)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
-@given(seed=seeds, n_in=st.integers(5, 200), n_out=st.integers(2, 80))
+@given(seed=seeds, n_in=n_inputs, n_out=n_outputs)
 def test_resample_conserves_flux(seed, n_in, n_out):
     rng = np.random.default_rng(seed)
     in_edges = random_edges(rng, n_in)
@@ -84,6 +91,7 @@ def kernel_reference(mu, sigma, half):
     return k / k.sum()
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(seed=seeds, n=st.integers(20, 300), mu=st.floats(-10, 10), sigma=st.floats(0.01, 4.0))
 def test_broaden_matches_numpy_convolve(seed, n, mu, sigma):
@@ -121,8 +129,10 @@ def test_resolved_sigma_is_where_the_sampled_kernel_stays_gaussian():
     assert np.max(np.abs(below[:, 0])) > 0.08 and np.max(np.abs(below[:, 1])) > 0.5
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
-@given(seed=seeds, n=st.integers(120, 1400), degree=st.integers(0, 50),
+@given(seed=seeds, n=st.sampled_from([120, 700, 1400]),
+       degree=st.sampled_from([0, 7, 42, 50]),
        masked=st.floats(0.0, 0.5))
 def test_legendre_solve_matches_lstsq(seed, n, degree, masked):
     rng = np.random.default_rng(seed)
@@ -164,6 +174,7 @@ def test_legendre_fully_masked_is_not_finite():
     assert not np.all(np.isfinite(np.asarray(coefs)))
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(seed=seeds, n=st.integers(1, 60))
 def test_cholesky_matches_numpy(seed, n):
@@ -179,6 +190,7 @@ def test_cholesky_matches_numpy(seed, n):
                                rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_product_rule_reproduces_the_direct_normal_matrix():
     """Σ v P_k P_l from 101 moments equals the direct sum (Adams–Neumann linearisation)."""
     rng = np.random.default_rng(0)

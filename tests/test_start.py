@@ -159,6 +159,7 @@ def test_clip_outliers_drops_spikes_and_unused_pixels_only():
     assert good.sum() == 997
 
 
+@pytest.mark.slow
 def test_best_of_keeps_the_lowest_finite_loss(fm, spectra):
     flux, weights = (a[:2] for a in spectra)
     theta = start_points([(5000.0, 4.0, 0.0), (9000.0, 3.0, -1.0)], 2)
@@ -182,6 +183,7 @@ def candidates(theta, loss, error, flags=None, n_pixels=1005):
                      flags=jnp.asarray(np.zeros(k, int) if flags is None else flags))
 
 
+@pytest.mark.slow
 def test_mode_weights_are_laplace_posterior_masses():
     """Weights ∝ exp(−Δχ²/2)·√det Σ with Δχ² = (M − 5)(loss²/loss²_min − 1), M = 1005."""
     theta = np.zeros((3, 5))
@@ -216,6 +218,7 @@ def test_mode_weights_count_a_minimum_once_and_skip_failures():
 
 # ---------------------------------------------------------------- global start
 
+@pytest.mark.slow
 def test_global_start_is_deterministic_and_per_spectrum(fm, spectra):
     flux, weights = spectra
     first = np.asarray(global_start(fm, flux, weights))
@@ -229,6 +232,7 @@ def test_global_start_is_deterministic_and_per_spectrum(fm, spectra):
     assert np.all(np.abs(first[:, 3, LOGG] - first[:, 0, LOGG]) >= LOGG_SEPARATION)
 
 
+@pytest.mark.slow
 def test_global_start_finds_the_velocity(fm, truth, spectra):
     """The best node's cross-correlation mu is within 0.1 px of the truth (noise-free)."""
     flux, weights = spectra
@@ -238,6 +242,7 @@ def test_global_start_finds_the_velocity(fm, truth, spectra):
 
 # ---------------------------------------------------------------- fits
 
+@pytest.mark.slow
 def test_fixed_start_is_trapped_on_these_stars(fits):
     """The cases are real: LM from the fixed start misses the truth (Δχ² ≫ 1 at S/N 50)."""
     fixed, true = fits["fixed"], fits["truth"]
@@ -252,6 +257,7 @@ def test_fixed_start_is_trapped_on_these_stars(fits):
     assert np.all(np.asarray(fixed.loss)[noisy] > np.asarray(true.loss)[noisy] + 1e-3)
 
 
+@pytest.mark.slow
 def test_global_start_recovers_noise_free_spectra(fits, truth):
     result = fits["global"]
     theta = np.asarray(result.theta)[:N]
@@ -263,6 +269,7 @@ def test_global_start_recovers_noise_free_spectra(fits, truth):
     assert not np.any(np.asarray(result.flags)[:N] & MULTIMODAL)
 
 
+@pytest.mark.slow
 def test_global_start_reaches_the_truths_minimum_at_snr50(fits, spectra):
     """At S/N 50 the global start's χ² is never above that of the minimum reached from the
     truth (by more than 0.01), and where the fixed start is trapped it lands within 4 errors and
@@ -303,6 +310,7 @@ compiled_batched_chi2 = jax.jit(batched_node_chi2)
 compiled_shifted_nodes = jax.jit(shifted_nodes, static_argnums=(2, 3))
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), sigma=st.sampled_from([0.3, 1.0, 2.7]))
 def test_shifted_nodes_equal_broadened(fm, seed, sigma):
@@ -316,6 +324,7 @@ def test_shifted_nodes_equal_broadened(fm, seed, sigma):
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), masked=st.integers(0, 100),
        scale=st.sampled_from([1.0, 1e-4, 2500.0]), snr=st.sampled_from([5.0, 50.0, 1000.0]))
@@ -347,6 +356,7 @@ def test_batched_chi2_equals_node_chi2(fm, seed, masked, scale, snr):
     np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=0)
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), degree=st.integers(0, 12), n=st.integers(40, 300))
 def test_projected_chi2_is_the_least_squares_minimum(seed, degree, n):
@@ -367,6 +377,7 @@ def test_projected_chi2_is_the_least_squares_minimum(seed, degree, n):
                                    atol=1e-12 * np.sum(v[i] * g[i]**2))
 
 
+@pytest.mark.slow
 def test_start_candidates_equal_the_per_node_reference(fm, spectra):
     """The batched global start picks the same candidates and pixels as the first, per-node
     version (node_chi2 twice), on the noise-free and S/N 50 mocks, one with a cosmic ray."""
@@ -379,6 +390,7 @@ def test_start_candidates_equal_the_per_node_reference(fm, spectra):
     np.testing.assert_allclose(theta0, ref_theta0, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_fit_multistart_timer_stages(fm, spectra):
     """timer: the stages in order, each entered once, and the same result as without it."""
     flux, weights = (a[N:N + 4] for a in spectra)
@@ -399,6 +411,7 @@ def test_fit_multistart_timer_stages(fm, spectra):
     assert entered == ["start", "fit", "clean", "errors"]
 
 
+@pytest.mark.slow
 def test_loose_candidates_reach_the_full_tolerance_minimum(fm, spectra):
     """Candidates at the loose ftol, then the winner to the full one: the same χ² (to 1e-6
     relative) as every candidate to the full tolerance, and the same solution (to 1e-3 of an

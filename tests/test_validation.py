@@ -149,6 +149,7 @@ def test_same_basin_and_basin_table(validation):
     assert all_std > 2 and same_std == pytest.approx(1.0, abs=0.05)
 
 
+@pytest.mark.slow
 def test_smoke_run_on_the_demo_model(validation, capsys, tmp_path):
     saved = tmp_path / "fits.npz"
     validation.main(["--model", "demo", "--n", "3", "--chunk", "3", "--snr", "50",
