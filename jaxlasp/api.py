@@ -11,11 +11,14 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from jaxlasp.emulators.demo import demo_emulator
 from jaxlasp.emulators.tgm import TGMEmulator
 from jaxlasp.fit.driver import FLAG_NAMES, FitResult
 from jaxlasp.fit.errors import check_errors, profile_errors
 from jaxlasp.fit.start import fit_multistart, fit_one_method
 from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid, window_note
+from jaxlasp.io import SpectrumFileError, cut_to_grid, read_spectra, read_tgm, spectrum_from_arrays
+from jaxlasp.io.arrays import ALIGN_TOLERANCE, specutils_arrays
 from jaxlasp.io.lamost import (
     FEW_GOOD_PIXELS,
     NONFINITE_FLUX,
@@ -24,6 +27,7 @@ from jaxlasp.io.lamost import (
     Spectrum,
     file_stem,
 )
+from jaxlasp.io.model_files import is_named_model, named_model_path
 from jaxlasp.model import (
     FEH,
     LN_TEFF,
@@ -82,12 +86,7 @@ def load_model(model) -> TGMEmulator:
     if isinstance(model, TGMEmulator):
         return model
     if model == DEMO_MODEL:
-        from jaxlasp.emulators.demo import demo_emulator
-
         return demo_emulator()
-    from jaxlasp.io import read_tgm
-    from jaxlasp.io.model_files import is_named_model, named_model_path
-
     if is_named_model(model):
         model = named_model_path(model)
 
@@ -409,8 +408,6 @@ def read_for_fit(path, grid: LogGrid, window, format: str = "auto") -> list[Read
     A file that cannot be read gives one ReadResult without spectrum (id: the file stem); a
     spectrum of a readable file that does not cover the grid gives one for that spectrum only.
     """
-    from jaxlasp.io import SpectrumFileError, cut_to_grid, read_spectra
-
     try:
         spectra = read_spectra(path, format, tuple(window))
     except (SpectrumFileError, ValueError, OSError) as err:
@@ -488,8 +485,6 @@ def _spectrum_inputs(wavelength, flux, ivar, pixel_mask) -> list[tuple]:
         if flux is not None or ivar is not None or pixel_mask is not None:
             raise ValueError("a specutils spectrum carries its own flux, uncertainty and mask: "
                              "pass flux, ivar and pixel_mask only with a wavelength array")
-        from jaxlasp.io.arrays import specutils_arrays
-
         objects = wavelength if isinstance(wavelength, (list, tuple)) else [wavelength]
         return [specutils_arrays(one) for one in objects]
     if flux is None:
@@ -523,8 +518,6 @@ def _arrays_for_fit(id_: str, arrays, grid: LogGrid, window, vacuum: bool) -> Re
     grid's, else resampled onto them; a ReadResult with the reason when the arrays do not cover
     the window. ValueError for bad arrays, or pixels that fit the grid only under the other
     air/vacuum convention."""
-    from jaxlasp.io import SpectrumFileError, cut_to_grid, spectrum_from_arrays
-
     try:
         spectrum = spectrum_from_arrays(*arrays, id=id_, vacuum=vacuum, window=window)
         try:
@@ -541,8 +534,6 @@ def _arrays_for_fit(id_: str, arrays, grid: LogGrid, window, vacuum: bool) -> Re
 def _check_convention(own: LogGrid, grid: LogGrid, vacuum: bool) -> None:
     """Raise ValueError when ``own`` (a ln-λ grid taken as ``vacuum`` says) would lie on ``grid``'s
     pixels under the other air/vacuum convention."""
-    from jaxlasp.io.arrays import ALIGN_TOLERANCE
-
     if not math.isclose(own.step, grid.step, rel_tol=1e-6):
         return
     other = own.ln_start + (VACUUM_LN_SHIFT if vacuum else -VACUUM_LN_SHIFT)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlasp.io.catalog import read_catalog
+
 QUANTITIES = ("rv", "teff", "logg", "feh")
 PYLASP_COLUMNS = {"rv": "pred_Rv", "teff": "pred_Teff", "logg": "pred_logg", "feh": "pred_FeH"}
 
@@ -59,8 +61,6 @@ def read_reference(path):
     (FITS or CSV, columns obsid, rv, teff, logg, feh). Rows PyLASP marks failed (−9999) are left
     out. ValueError when no parameter column is found."""
     from astropy.table import Table
-
-    from jaxlasp.io.catalog import read_catalog
 
     try:
         table = read_catalog(path)

@@ -31,6 +31,7 @@ import numpy as np
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain, TGMEmulator
 from jaxlasp.fit.driver import MU_LIMIT, SIGMA_LIMIT
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LogGrid, lamost_fit_grid
+from jaxlasp.io.lamost import write_lamost
 from jaxlasp.model import (
     FEH,
     LN_TEFF,
@@ -364,8 +365,6 @@ def write_mock_files(mock: MockSpectra, folder, level: float = 1000.0) -> list:
     out exactly ``mock.grid``. Needs astropy.
     """
     from pathlib import Path
-
-    from jaxlasp.io.lamost import write_lamost
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,7 @@ from jaxlasp.io.catalog import check_writable, read_catalog, temporary_files, wr
 from jaxlasp.io.lamost import SURVEY_KEYS, file_stem
 from jaxlasp.io.lock import catalog_lock
 from jaxlasp.model import ForwardModel, build_forward_model
+from jaxlasp.parallel.devices import device_mesh
 from jaxlasp.spectral.continuum import DEGREE
 from jaxlasp.spectral.masks import Intervals, fit_window
 from jaxlasp.timing import StageClock
@@ -116,8 +117,6 @@ class FitOptions:
     def capacity(self) -> int:
         """Spectra per group: ``group_size`` per device, over ``devices`` local devices (None:
         all of the default backend)."""
-        from jaxlasp.parallel.devices import device_mesh
-
         return self.group_size * device_mesh(self.devices).size
 
     def reader_pool(self) -> tuple[int, str]:

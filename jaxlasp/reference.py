@@ -23,6 +23,7 @@ import scipy.optimize
 import scipy.special
 
 from jaxlasp.grids import LinearGrid, LogGrid
+from jaxlasp.io import read_tgm
 
 T_OFFSET = 3.7617
 """log10 Teff offset of the TGM basis."""
@@ -231,8 +232,6 @@ class NumpyForwardModel:
     @classmethod
     def from_file(cls, path, observed: LogGrid, **kw) -> NumpyForwardModel:
         """From a TGM model file read with ``jaxlasp.io.read_tgm``."""
-        from jaxlasp.io import read_tgm
-
         return cls.from_emulator(read_tgm(path), observed, **kw)
 
     # -- pieces ---------------------------------------------------------------------------

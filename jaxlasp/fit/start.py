@@ -72,6 +72,7 @@ from jax import lax
 
 from jaxlasp.compile_cache import program
 from jaxlasp.emulators.tgm import Domain
+from jaxlasp.fit.adam import fit_batch_adam
 from jaxlasp.fit.driver import FAILURES, MU_LIMIT, MULTIMODAL, FitResult, fit_batch
 from jaxlasp.fit.errors import check_errors, profile_errors
 from jaxlasp.model import FEH, LN_TEFF, LOGG, ForwardModel, broadened, emulate, residuals
@@ -428,8 +429,6 @@ def fit_one_method(fm: ForwardModel, theta0, flux, weights, *, method: str, clea
         return fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter or 100,
                          path="exact" if method == "lm" else "curvefit")
     if method == "adam":
-        from jaxlasp.fit.adam import fit_batch_adam
-
         return fit_batch_adam(fm, theta0, flux, weights, clean=clean,
                               max_iter=max_iter or 5000)[0]
     raise ValueError(f"method must be 'lm', 'curvefit' or 'adam', not {method!r}")

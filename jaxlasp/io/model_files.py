@@ -17,6 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from jaxlasp.io.tgm_files import read_tgm_fits
+
 MODEL_DIR_ENV = "JAXLASP_MODEL_DIR"
 """Environment variable naming the folder of fetched models."""
 
@@ -96,8 +98,6 @@ def named_model_path(name: str, *, show_progress: bool = False) -> Path:
 
 def _check_download(path: Path, entry: NamedModel, url: str, by_hand: str) -> None:
     """Raise ModelUnavailable unless ``path`` has the pinned digest and reads as a TGM model."""
-    from jaxlasp.io.tgm_files import read_tgm_fits
-
     if entry.sha256:
         with open(path, "rb") as stream:
             digest = hashlib.file_digest(stream, "sha256").hexdigest()

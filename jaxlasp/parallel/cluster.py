@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxlasp.api import empty_columns, make_table
+from jaxlasp.api import empty_columns, load_model, make_table
 from jaxlasp.compile_cache import cache_as_configured
 from jaxlasp.io.catalog import write_catalog
 from jaxlasp.io.lamost import file_stem
@@ -203,8 +203,6 @@ def _run_chunks(client, chunks, model, options, output: Path, keys, retries: int
     folder = parts_folder(output)
 
     if not isinstance(model, (str, Path)):
-        from jaxlasp.api import load_model
-
         model = client.scatter(load_model(model), broadcast=True)
     log.info("%d chunks of ≤ %d files on %d workers", len(chunks),
              max(map(len, chunks), default=0), len(client.scheduler_info()["workers"]))
