@@ -8,9 +8,9 @@ in one process, the two sides alternating ``--rounds`` times (medians reported):
 
 * ``curve_fit``: ``scipy.optimize.curve_fit`` (method "lm" = MINPACK lmdif, forward differences,
   ftol 1e-5, xtol 1e-10: CurveFit's No Clean settings, ALGORITHM §h.5) on the NumPy forward model of
-  ``jaxlasp.reference`` (independent of the JAX code), one spectrum at a time;
+  ``jaxlasp.testing`` (independent of the JAX code), one spectrum at a time;
 * ``least_squares``: ``scipy.optimize.least_squares`` (TRF, 2-point differences, jaxlasp's box and
-  tight tolerances 1e-10, ``jaxlasp.reference.fit_least_squares``), one spectrum at a time;
+  tight tolerances 1e-10, ``jaxlasp.testing.fit_least_squares``), one spectrum at a time;
 * ``jaxlasp``: ``fit_batch`` on the 25 as one batch (after compilation, which is reported apart).
 
 Prints per-spectrum seconds and function evaluations for each side, the ratios, and the largest
@@ -31,7 +31,7 @@ import jaxlasp  # noqa: F401  (float64)
 from jaxlasp.api import DEFAULT_START, start_points
 from jaxlasp.fit.driver import fit_batch
 from jaxlasp.model import LN_TEFF
-from jaxlasp.reference import NumpyForwardModel, fit_least_squares
+from jaxlasp.testing import NumpyForwardModel, fit_least_squares
 
 
 def curve_fit_one(reference: NumpyForwardModel, theta0, flux, weights):

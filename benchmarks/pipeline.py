@@ -116,7 +116,7 @@ def curve_fit_share(indices: list[int]) -> int:
     from sample import load_sample
 
     from jaxlasp.api import DEFAULT_START, start_points
-    from jaxlasp.reference import NumpyForwardModel
+    from jaxlasp.testing import NumpyForwardModel
 
     emulator, fm, flux, weights = load_sample(max(indices) + 1)
     reference = NumpyForwardModel.from_emulator(emulator, fm.grid)

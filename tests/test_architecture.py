@@ -20,7 +20,7 @@ LAYERS = (
     ("io", ("jaxlasp.io", "jaxlasp.io.*")),
     ("model", ("jaxlasp.model",)),
     ("fit", ("jaxlasp.fit", "jaxlasp.fit.*")),
-    ("mocks and references", ("jaxlasp.mock", "jaxlasp.reference")),
+    ("mocks and references", ("jaxlasp.mock", "jaxlasp.testing")),
     ("api", ("jaxlasp.api",)),
     ("runs", ("jaxlasp.pipeline", "jaxlasp.demo_run", "jaxlasp.compare")),
     ("cluster", ("jaxlasp.parallel.cluster",)),

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from jaxlasp.fit.driver import fit_batch
 from jaxlasp.grids import lamost_fit_grid
 from jaxlasp.model import build_forward_model, components, theta_from_physical
-from jaxlasp.reference import NumpyForwardModel, fit_least_squares
+from jaxlasp.testing import NumpyForwardModel, fit_least_squares
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The NumPy reference forward model (jaxlasp.reference): golden arrays, agreement with the JAX
+"""The NumPy reference forward model (jaxlasp.testing): golden arrays, agreement with the JAX
 model, and a scipy least_squares fit of a simulated spectrum."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from helpers import golden_grid, golden_theta, rel_err
 
 from jaxlasp.grids import LAMOST_LN_STEP
-from jaxlasp.reference import NumpyForwardModel, exp_remainder, fit_least_squares
+from jaxlasp.testing import NumpyForwardModel, exp_remainder, fit_least_squares
 
 TOL = 1e-9
 POINTS = range(7)

@@ -1,4 +1,5 @@
-"""A plain NumPy/SciPy reference implementation of the forward model (no JAX).
+"""``jaxlasp.testing``: a plain NumPy/SciPy reference implementation of the forward model (no
+JAX), for tests and baselines (as ``numpy.testing`` is for NumPy), not part of the fitting API.
 
 Written independently of jaxlasp's JAX code from the algorithm specification (ALGORITHM §a
 emulator, §d resampling, §e broadening, §f Legendre correction, §h.4 objective), it serves two
