@@ -91,6 +91,87 @@ class LogGrid:
         return LogGrid(self.ln_start + first * self.step, self.step, n)
 
 
+@dataclass(frozen=True, eq=False)
+class PixelGrid:
+    """Observed pixels on any strictly increasing wavelength grid, in one or more segments.
+
+    edges: per segment, the pixel edges [Å] as a tuple of floats (n_s + 1 of them); pixels are
+    numbered segment after segment, so segments may overlap in wavelength (a spectrograph's arms).
+    Hashable by value (a static part of a forward model), like ``LogGrid``.
+    """
+
+    edges: tuple[tuple[float, ...], ...]
+
+    def __post_init__(self):
+        if not self.edges:
+            raise ValueError("a pixel grid needs at least one segment")
+        for seg in self.edges:
+            e = np.asarray(seg, np.float64)
+            if (e.ndim != 1 or e.size < 2 or not np.all(np.isfinite(e))
+                    or not np.all(np.diff(e) > 0)):
+                raise ValueError("pixel edges must be finite and strictly increasing, with at "
+                                 "least one pixel per segment")
+        object.__setattr__(self, "_key", hash(self.edges))
+
+    def __hash__(self):
+        return self._key
+
+    def __eq__(self, other):
+        return (isinstance(other, PixelGrid) and self._key == other._key
+                and self.edges == other.edges)
+
+    @classmethod
+    def from_edges(cls, *segments) -> PixelGrid:
+        """A grid from one array of edges [Å] per segment."""
+        return cls(tuple(tuple(np.asarray(e, np.float64).tolist()) for e in segments))
+
+    @classmethod
+    def from_log_grid(cls, grid: LogGrid) -> PixelGrid:
+        """The pixels of a ln-λ grid, as one segment."""
+        return cls.from_edges(grid.edges)
+
+    @property
+    def segment_edges(self) -> list[np.ndarray]:
+        """Edges [Å] per segment, (n_s + 1,) each."""
+        return [np.asarray(e, np.float64) for e in self.edges]
+
+    @property
+    def sizes(self) -> list[int]:
+        """Pixels per segment."""
+        return [len(e) - 1 for e in self.edges]
+
+    @property
+    def n(self) -> int:
+        """Number of pixels."""
+        return sum(self.sizes)
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        """(first, stop) pixel index range of each segment."""
+        stops = np.cumsum(self.sizes).tolist()
+        return list(zip([0, *stops[:-1]], stops))
+
+    @property
+    def centres(self) -> np.ndarray:
+        """Pixel centres [Å] (midpoints of their edges), shape (n,)."""
+        return np.concatenate([0.5 * (e[1:] + e[:-1]) for e in self.segment_edges])
+
+    @property
+    def widths(self) -> np.ndarray:
+        """Pixel widths [Å], shape (n,)."""
+        return np.concatenate([np.diff(e) for e in self.segment_edges])
+
+    @property
+    def lo(self) -> float:
+        """Bluest edge [Å]."""
+        return min(e[0] for e in self.edges)
+
+    @property
+    def hi(self) -> float:
+        """Reddest edge [Å]."""
+        return max(e[-1] for e in self.edges)
+
+
 def window_pixels(grid: LogGrid, lo: float, hi: float) -> tuple[int, int]:
     """Pixel range ``(first, last)`` (inclusive) that covers the window [lo, hi] Å.
 

@@ -33,17 +33,15 @@ from jaxlasp.fit.driver import MU_LIMIT, SIGMA_LIMIT
 from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LogGrid, lamost_fit_grid
 from jaxlasp.io.lamost import write_lamost
 from jaxlasp.model import (
-    FEH,
-    LN_TEFF,
-    LOGG,
     MU,
     SIGMA,
     ForwardModel,
+    broadened,
     build_forward_model,
-    emulate,
+    n_pixels,
     theta_from_physical,
 )
-from jaxlasp.spectral.broaden import SIGMA_FLOOR, broaden, kernel_fits
+from jaxlasp.spectral.broaden import SIGMA_FLOOR, kernel_fits
 from jaxlasp.spectral.continuum import legendre_basis
 
 DEFAULT_TEFF = (3100.0, 20000.0)
@@ -197,13 +195,8 @@ def draw_parameters(n: int, seed: int = 0, *, domain: Domain = ELODIE32_DOMAIN, 
     return MockTruth(*np.clip(values, lo, hi).T)
 
 
-def _broadened(fm: ForwardModel, theta):
-    """The forward model's broadened spectrum (before the polynomial) for one θ; shape (npix,)."""
-    flux = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
-    return broaden(flux, theta[MU], theta[SIGMA], fm.halfwidth)
-
-
-_broadened_batch = jax.jit(jax.vmap(_broadened, in_axes=(None, 0)))
+_broadened_batch = jax.jit(jax.vmap(broadened, in_axes=(None, 0)))
+"""The forward model's broadened spectra (before the polynomial) for θ (b, 5); (b, npix)."""
 
 
 def model_spectra(fm: ForwardModel, theta) -> np.ndarray:
@@ -322,7 +315,7 @@ def simulate(model: TGMEmulator | ForwardModel, truth: MockTruth, grid: LogGrid 
     half-width, for S/N ≤ 0 and for negative counts.
     """
     fm = _forward_model(model, grid)
-    npix = fm.grid.n
+    npix = n_pixels(fm)
     truth = _as_truth(truth)
     theta = truth.theta(fm.grid.step)
     _check_truth(fm, truth, theta)

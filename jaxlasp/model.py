@@ -7,6 +7,12 @@ squares (§f). Functions here act on one spectrum and are pure, jit-able and dif
 
 Parameter vector θ (as LASP-CurveFit): [mu (pixels), sigma (pixels), ln Teff (ln K), log g (dex),
 [Fe/H] (dex)].
+
+**Native pixels.** Observed pixels need not be the ln-λ lattice: with ``pixels`` (a
+``PixelGrid``: any strictly increasing edges, in one or more segments such as a spectrograph's
+arms) the model is broadened on a ln-λ *kernel grid* (``grid``, LAMOST's lattice covering the
+pixels, so mu and sigma keep their meaning in its pixels) and then resampled, flux-conserving,
+onto the observed pixels (``observe``): the model is resampled, never the data.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ import numpy as np
 from jaxlasp.compile_cache import program
 from jaxlasp.emulators.lines import LineListEmulator, crop_linelist, linelist_flux
 from jaxlasp.emulators.tgm import TGMEmulator, crop_to, tgm_flux
-from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LinearGrid, LogGrid
+from jaxlasp.grids import C_KMS, LAMOST_AIR_GRID, LAMOST_LN_STEP, LinearGrid, LogGrid, PixelGrid
+from jaxlasp.io.arrays import band
 from jaxlasp.spectral.broaden import broaden, kernel_fits
 from jaxlasp.spectral.continuum import (
     DEGREE,
@@ -75,14 +82,32 @@ def fitted_pixels(fm: ForwardModel) -> np.ndarray:
     """(n,) bool: the pixels inside the fitted segments (all of them without segments); the
     others must get weight 0."""
     if fm.design is None:
-        return np.ones(fm.grid.n, bool)
+        return np.ones(n_pixels(fm), bool)
     return np.any(np.asarray(fm.design.multiplicative) != 0, axis=1)
 
 
 def segment_degree(degree: int, grid: LogGrid, pixels: int) -> int:
     """The multiplicative degree of a segment of ``pixels`` pixels: ``degree`` scaled by its
     ln-λ span over ``REFERENCE_SPAN`` (so a 4200–5700 Å segment keeps ``degree``), at least 1."""
-    return max(1, round(degree * pixels * grid.step / REFERENCE_SPAN))
+    return span_degree(degree, pixels * grid.step)
+
+
+def span_degree(degree: int, ln_span: float) -> int:
+    """``degree`` scaled by a segment's ln-λ span over ``REFERENCE_SPAN``, at least 1."""
+    return max(1, round(degree * ln_span / REFERENCE_SPAN))
+
+
+class LatticeView(NamedTuple):
+    """How native pixels map onto the kernel grid's ln-λ pixels, for the global start.
+
+    index, overlap: (n_grid, K) the observed pixels overlapping each kernel-grid pixel and the
+    overlaps [Å] (0 off it); width: (n_grid,) the kernel-grid pixel widths [Å]; legendre: the
+    Legendre system of the scoring polynomial on the kernel grid."""
+
+    index: jax.Array
+    overlap: jax.Array
+    width: jax.Array
+    legendre: LegendreSystem
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,10 @@ class ForwardModel:
     design: None (PyLASP: one multiplicative polynomial of ``legendre``'s degree over the grid)
         or the bases of ``PolynomialDesign`` (segments, an additive polynomial), fitted by
         ``combined_fit``.
+    pixels: None (the observed pixels are ``grid``'s) or the native observed pixels
+        (``PixelGrid``), onto which the broadened model is resampled; ``grid`` is then the
+        kernel grid only.
+    view: with ``pixels``, the ``LatticeView`` that puts data onto ``grid`` for the global start.
     """
 
     emulator: TGMEmulator | LineListEmulator
@@ -107,17 +136,63 @@ class ForwardModel:
     halfwidth: int = DEFAULT_HALFWIDTH
     edges: str = "extrapolate"
     design: PolynomialDesign | None = None
+    pixels: PixelGrid | None = None
+    view: LatticeView | None = None
 
 
 jax.tree_util.register_dataclass(
-    ForwardModel, data_fields=["emulator", "legendre", "design"],
-    meta_fields=["grid", "halfwidth", "edges"])
+    ForwardModel, data_fields=["emulator", "legendre", "design", "view"],
+    meta_fields=["grid", "halfwidth", "edges", "pixels"])
+
+
+def n_pixels(fm: ForwardModel) -> int:
+    """Number of observed pixels (the length of flux and weights arrays)."""
+    return fm.grid.n if fm.pixels is None else fm.pixels.n
+
+
+def observed_centres(fm: ForwardModel) -> np.ndarray:
+    """Centres [Å] of the observed pixels, (n,)."""
+    return fm.grid.centres if fm.pixels is None else fm.pixels.centres
+
+
+def observe(fm: ForwardModel, values):
+    """``values`` (..., grid.n) on the kernel grid → the observed pixels (..., n): unchanged
+    without native pixels, else resampled per segment (flux-conserving, exact bin means)."""
+    if fm.pixels is None:
+        return values
+    parts = [resample(values, fm.grid.edges, edges, np.diff(edges), fm.edges)
+             for edges in fm.pixels.segment_edges]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def lattice_view(fm: ForwardModel, flux, weights):
+    """(flux, weights) of one spectrum on native pixels (n,) put onto the kernel grid
+    (grid.n,): each kernel pixel the overlap-weighted mean of the used pixels under it, with the
+    inverse variance of that mean (``jaxlasp.io.arrays.rebin``'s rule, weights as 1/σ²); weight
+    0 where used pixels cover less than half of it."""
+    view = fm.view
+    used = weights[view.index] > 0
+    share = jnp.where(used, view.overlap, 0.0)
+    covered = jnp.sum(share, axis=-1)
+    ok = covered >= 0.5 * view.width
+    safe = jnp.where(ok, covered, 1.0)
+    mean = jnp.sum(share * jnp.where(used, flux[view.index], 0.0), axis=-1) / safe
+    variance = jnp.sum(share**2 / jnp.where(used, weights[view.index], 1.0), axis=-1)
+    return (jnp.where(ok, mean, 0.0),
+            jnp.where(ok, covered**2 / jnp.where(ok, variance, 1.0), 0.0))
+
+
+def lattice_model(fm: ForwardModel) -> ForwardModel:
+    """The forward model of the kernel grid's own pixels (no native pixels, one polynomial of
+    the view's degree): what the global start scores ``lattice_view`` data with."""
+    return ForwardModel(fm.emulator, fm.view.legendre, fm.grid, fm.halfwidth, fm.edges)
 
 
 class Components(NamedTuple):
-    """Intermediate arrays of one model evaluation (all on the observed grid, shape (n,))."""
+    """Intermediate arrays of one model evaluation (on the observed pixels, shape (n,), but
+    ``resampled``: on the kernel grid, which they are unless the model has native pixels)."""
 
-    resampled: jax.Array   # emulator flux resampled onto the observed grid
+    resampled: jax.Array   # emulator flux resampled onto the (kernel) grid
     convolved: jax.Array   # after broadening with (mu, sigma)
     coefs: jax.Array       # (degree+1,) Legendre coefficients of the multiplicative polynomial
     polynomial: jax.Array  # Σ_k coefs_k P_k(x_i)
@@ -158,11 +233,42 @@ def fold_resampling(emulator: TGMEmulator, grid: LogGrid,
     return emulator.replace_coef(coef.astype(dtype), grid)
 
 
-def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid, *,
-                        edges: str = "extrapolate",
+def kernel_grid(model: LinearGrid, pixels: PixelGrid, margin: int = DEFAULT_HALFWIDTH) -> LogGrid:
+    """The LAMOST-lattice pixels (``LAMOST_AIR_GRID`` continued) from ``margin`` pixels below to
+    ``margin`` above the native ``pixels``, inside the model's coverage ``model`` [Å]: where the
+    model is broadened before it is resampled onto ``pixels``.
+
+    ValueError when the pixels reach beyond the model's coverage by more than a lattice pixel."""
+    base = LAMOST_AIR_GRID
+    edges = model.edges
+    if pixels.lo < edges[0] * (1 - base.step) or pixels.hi > edges[-1] * (1 + base.step):
+        raise ValueError(f"the pixels {pixels.lo:.2f}–{pixels.hi:.2f} Å reach beyond the model's "
+                         f"coverage {edges[0]:.2f}–{edges[-1]:.2f} Å: cut them to a window "
+                         "inside it")
+    position = lambda wave: (np.log(wave) - base.ln_start) / base.step  # noqa: E731
+    first = max(int(np.floor(position(pixels.lo) + 0.5)) - margin,
+                int(np.ceil(position(edges[0]) + 0.5)))
+    last = min(int(np.ceil(position(pixels.hi) - 0.5)) + margin,
+               int(np.floor(position(edges[-1]) - 0.5)))
+    return base.sub(first, last - first + 1)
+
+
+def native_view(grid: LogGrid, pixels: PixelGrid, degree: int, dtype) -> LatticeView:
+    """The ``LatticeView`` of native ``pixels`` onto ``grid`` (every segment's pixels that
+    overlap a grid pixel, numbered as in ``pixels``)."""
+    bands = [band(edges, grid.edges) for edges in pixels.segment_edges]
+    index = np.concatenate([b.index + first for b, (first, _) in zip(bands, pixels.ranges)], 1)
+    overlap = np.concatenate([b.overlap for b in bands], axis=1)
+    return LatticeView(jnp.asarray(index, jnp.int32), jnp.asarray(overlap, dtype),
+                       jnp.asarray(grid.widths, dtype), legendre_system(grid.n, degree, dtype))
+
+
+def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid | None = None,
+                        *, edges: str = "extrapolate",
                         fold: bool = True, degree: int = DEGREE, adegree: int = -1,
-                        segments=(), halfwidth: int = DEFAULT_HALFWIDTH) -> ForwardModel:
-    """Set up the forward model for observed grid ``grid``.
+                        segments=(), halfwidth: int = DEFAULT_HALFWIDTH,
+                        pixels: PixelGrid | None = None) -> ForwardModel:
+    """Set up the forward model for observed grid ``grid`` (or native ``pixels``).
 
     The emulator is first cropped to the pixels covering the grid (plus one each side).
     fold: resample the coefficient planes once now (fast); otherwise resample every model. A
@@ -171,7 +277,15 @@ def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid,
     (−1: none, PyLASP; 0: a constant, …). segments: disjoint (lo, hi) [Å] windows inside
     ``grid``, each with its own polynomials (multiplicative degree ``segment_degree``); the
     pixels between them must get weight 0 (``jaxlasp.api.mask_weights`` does).
+    pixels: native observed pixels (``PixelGrid``; module docstring): ``grid`` is then the kernel
+    grid (default ``kernel_grid``), each of the pixels' segments gets its own polynomials (one
+    segment: of ``degree``; several: ``degree`` scaled to each one's ln-λ span) and ``segments``
+    must be empty (cut the pixels instead).
     """
+    if pixels is not None:
+        return _native_forward_model(emulator, grid, pixels, edges=edges, fold=fold,
+                                     degree=degree, adegree=adegree, segments=segments,
+                                     halfwidth=halfwidth)
     if degree < 0 or adegree < -1:
         raise ValueError(f"polynomial degrees: multiplicative ≥ 0 and additive ≥ −1, not "
                          f"{degree} and {adegree}")
@@ -201,6 +315,32 @@ def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid,
     return ForwardModel(emulator, legendre, grid, halfwidth, edges, design)
 
 
+def _native_forward_model(emulator, grid, pixels: PixelGrid, *, segments, degree: int,
+                          adegree: int, **options) -> ForwardModel:
+    """``build_forward_model`` for native ``pixels``."""
+    if segments:
+        raise ValueError("with native pixels the segments are the pixels' own: cut the pixels "
+                         "to the windows instead of passing segments")
+    if not isinstance(emulator.grid, LinearGrid):
+        raise ValueError("the emulator must be on its own linear grid (as read from its file)")
+    grid = grid or kernel_grid(emulator.grid, pixels)
+    fm = build_forward_model(emulator, grid, degree=degree, **options)
+    ranges = pixels.ranges
+    if len(ranges) > 1 or adegree >= 0:
+        spans = [float(np.log(e[-1] / e[0])) for e in pixels.segment_edges]
+        degrees = ([degree] if len(ranges) == 1
+                   else [span_degree(degree, span) for span in spans])
+        design = PolynomialDesign(
+            jnp.asarray(segment_basis(pixels.n, ranges, degrees), fm.legendre.basis.dtype),
+            jnp.asarray(segment_basis(pixels.n, ranges, [adegree] * len(ranges)),
+                        fm.legendre.basis.dtype))
+        legendre = fm.legendre
+    else:
+        design, legendre = None, legendre_system(pixels.n, degree, fm.legendre.basis.dtype)
+    view = native_view(grid, pixels, degree, fm.legendre.basis.dtype)
+    return ForwardModel(fm.emulator, legendre, grid, fm.halfwidth, fm.edges, design, pixels, view)
+
+
 def emulate(fm: ForwardModel, teff, logg, feh):
     """Emulator flux resampled onto the observed grid; shape (n,)."""
     flux = emulator_flux(fm.emulator, teff, logg, feh)
@@ -216,7 +356,7 @@ def components(fm: ForwardModel, theta, flux, weights) -> Components:
     weights: (n,) 1/err² times the good-pixel mask (0 = pixel not used).
     """
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
-    convolved = broaden(resampled, theta[MU], theta[SIGMA], fm.halfwidth)
+    convolved = observe(fm, broaden(resampled, theta[MU], theta[SIGMA], fm.halfwidth))
     if fm.design is None:
         coefs, polynomial = fit_multiplicative_polynomial(convolved, flux, weights, fm.legendre)
         additive = jnp.zeros_like(polynomial)
@@ -235,9 +375,9 @@ def residuals(fm: ForwardModel, theta, flux, weights):
 
 
 def broadened(fm: ForwardModel, theta):
-    """The emulator spectrum on the observed grid broadened with (mu, sigma); shape (n,)."""
+    """The emulator spectrum broadened with (mu, sigma), on the observed pixels; shape (n,)."""
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
-    return broaden(resampled, theta[MU], theta[SIGMA], fm.halfwidth)
+    return observe(fm, broaden(resampled, theta[MU], theta[SIGMA], fm.halfwidth))
 
 
 def residuals_and_jacobian(fm: ForwardModel, theta, flux, weights):

@@ -75,7 +75,17 @@ from jaxlasp.emulators.tgm import Domain
 from jaxlasp.fit.adam import fit_batch_adam
 from jaxlasp.fit.driver import FAILURES, MU_LIMIT, MULTIMODAL, FitResult, fit_batch
 from jaxlasp.fit.errors import check_errors, profile_errors
-from jaxlasp.model import FEH, LN_TEFF, LOGG, ForwardModel, broadened, emulate, residuals
+from jaxlasp.model import (
+    FEH,
+    LN_TEFF,
+    LOGG,
+    ForwardModel,
+    broadened,
+    emulate,
+    lattice_model,
+    lattice_view,
+    residuals,
+)
 from jaxlasp.spectral.broaden import SIGMA_FLOOR, TRUNCATION, pad_edges
 from jaxlasp.spectral.continuum import cholesky_lower, legendre_nodes
 
@@ -368,22 +378,30 @@ def _global_start(fm: ForwardModel, nodes, flux, weights, n_best: int, separatio
     """(θ₀ (b, k, 5), good-pixel masks (b, n)) for θ nodes (m, 5) at mu = 0 and σ = ``sigma``,
     k = n_best + with_logg. The nodes' spectra are computed once (``node_spectra``), then the
     spectra are scored one at a time (bounded memory); the second, clipped scoring pass runs only
-    for spectra where ``clip_outliers`` removed a pixel (otherwise it would repeat the first)."""
-    n = flux.shape[-1]
-    spectra = node_spectra(fm, nodes, sigma)
-    degree = fm.legendre.basis.shape[1] - 1
+    for spectra where ``clip_outliers`` removed a pixel (otherwise it would repeat the first).
+    With native pixels the scoring (cross-correlation, node χ²) runs on the data put onto the
+    kernel grid (``lattice_view``); the outlier pixels are found on the native pixels."""
+    native = fm.pixels is not None
+    scorer = lattice_model(fm) if native else fm
+    n = scorer.grid.n
+    spectra = node_spectra(scorer, nodes, sigma)
+    degree = scorer.legendre.basis.shape[1] - 1
     chebyshev = jnp.asarray(chebyshev_matrix(n, 2 * degree), nodes.dtype)
+
+    def scored(f, w):   # the data as scored: native pixels put onto the kernel grid
+        return lattice_view(fm, f, w) if native else (f, w)
 
     def one(data):
         f, w = data
-        mu = node_velocities(spectra.templates, f, w)
+        fs, ws = scored(f, w)
+        mu = node_velocities(spectra.templates, fs, ws)
         candidates = nodes.at[:, 0].set(mu)
         models = shifted_nodes(spectra.padded, mu, sigma, n)
-        chi2 = batched_node_chi2(models, f, w, chebyshev)
+        chi2 = batched_node_chi2(models, fs, ws, chebyshev)
         best = candidates[jnp.argmin(chi2)]
         good = clip_outliers(residuals(fm, best, f, w), w)
         chi2 = lax.cond(jnp.all(good == (w > 0)), lambda: chi2,
-                        lambda: batched_node_chi2(models, f, w * good, chebyshev))
+                        lambda: batched_node_chi2(models, *scored(f, w * good), chebyshev))
         return candidates[choose_candidates(chi2, nodes, n_best, separation, with_logg)], good
 
     return lax.map(one, (flux, weights))
