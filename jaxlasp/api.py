@@ -16,7 +16,7 @@ from jaxlasp.emulators.tgm import TGMEmulator
 from jaxlasp.fit.driver import FLAG_NAMES, FitResult
 from jaxlasp.fit.errors import check_errors, profile_errors
 from jaxlasp.fit.start import fit_multistart, fit_one_method
-from jaxlasp.grids import C_KMS, LogGrid, lamost_fit_grid, window_note
+from jaxlasp.grids import C_KMS, LogGrid, PixelGrid, lamost_fit_grid, window_note
 from jaxlasp.io import SpectrumFileError, cut_to_grid, read_spectra, read_tgm, spectrum_from_arrays
 from jaxlasp.io.arrays import ALIGN_TOLERANCE, specutils_arrays
 from jaxlasp.io.lamost import (
@@ -37,6 +37,7 @@ from jaxlasp.model import (
     ForwardModel,
     build_forward_model,
     fitted_pixels,
+    observed_grid,
     theta_from_physical,
 )
 from jaxlasp.parallel.devices import device_mesh, run_sharded
@@ -306,7 +307,8 @@ def mask_weights(weights, mask, grid: LogGrid) -> np.ndarray:
 def lamost_weights(spectrum, weighting: str) -> np.ndarray:
     """Initial pixel weights for a LAMOST spectrum on its fit grid.
 
-    "none" (PyLASP): 1 on finite pixels, with PyLASP's quirk of dropping the last pixel (§c.7).
+    "none" (PyLASP): 1 on finite pixels, with PyLASP's quirk of dropping the last pixel (§c.7;
+    not on a spectrum on its own pixels, whose grid is a ``PixelGrid``).
     "ivar": IVAR on finite pixels with ANDMASK = 0, in units of the normalised flux.
 
     Either way a pixel whose flux is exactly 0 is left out: LAMOST writes 0 where a pixel has no
@@ -317,7 +319,8 @@ def lamost_weights(spectrum, weighting: str) -> np.ndarray:
     inside 4200–5700 Å is exactly 0, so the PyLASP comparisons are unchanged.
     """
     weights = (spectrum.finite & (spectrum.flux != 0)).astype(np.float64)
-    weights[-1] = 0.0
+    if not isinstance(spectrum.grid, PixelGrid):
+        weights[-1] = 0.0
     if weighting == "ivar":
         weights = weights * spectrum.ivar * spectrum.median**2 * (spectrum.andmask == 0)
     elif weighting != "none":
@@ -350,7 +353,7 @@ def fit_spectrum_group(fm: ForwardModel, spectra, *, method: str = "lm", clean: 
     with stage("prepare"):
         flux = np.stack([s.normalised_flux() for s in spectra])
         weights = mask_weights(np.stack([lamost_weights(s, weighting) for s in spectra]), mask,
-                               fm.grid) * fitted_pixels(fm)
+                               observed_grid(fm)) * fitted_pixels(fm)
         theta0 = initial_points(start, len(spectra), fm)
     result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter,
                  devices=devices, errors=errors, timer=timer)
@@ -402,18 +405,25 @@ class ReadResult(NamedTuple):
     reason: str
 
 
-def read_for_fit(path, grid: LogGrid, window, format: str = "auto") -> list[ReadResult]:
-    """The spectra of one file (LAMOST, DESI or any registered format) cut to ``grid``.
+def read_for_fit(path, grid: LogGrid, window, format: str = "auto", *, native: bool = False,
+                 segments=()) -> list[ReadResult]:
+    """The spectra of one file (LAMOST, DESI or any registered format) cut to ``grid``, or with
+    ``native`` kept on their own pixels where the reader can (DESI; ``read_spectra``), cut to
+    ``segments`` (default: the window).
 
     A file that cannot be read gives one ReadResult without spectrum (id: the file stem); a
     spectrum of a readable file that does not cover the grid gives one for that spectrum only.
     """
     try:
-        spectra = read_spectra(path, format, tuple(window))
+        spectra = read_spectra(path, format, tuple(window), native=native,
+                               windows=tuple(segments) or None)
     except (SpectrumFileError, ValueError, OSError) as err:
         return [ReadResult(file_stem(path), None, str(err))]
     results = []
     for spectrum in spectra:
+        if isinstance(spectrum.grid, PixelGrid):
+            results.append(ReadResult(spectrum.id, spectrum, ""))
+            continue
         try:
             results.append(ReadResult(spectrum.id, cut_to_grid(spectrum, grid), ""))
         except ValueError as err:
@@ -424,7 +434,7 @@ def read_for_fit(path, grid: LogGrid, window, format: str = "auto") -> list[Read
 def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=GLOBAL_START,
               window=None, weighting: str = "none", max_iter: int | None = None,
               devices: int | None = None, errors: str = "profile", mask=None,
-              mdegree: int = DEGREE, adegree: int = -1, segments=()):
+              mdegree: int = DEGREE, adegree: int = -1, segments=(), native: bool = False):
     """Fit spectrum files (LAMOST DR9/DR10, DESI coadds, … see ``jaxlasp.io.read_spectra``);
     returns an astropy Table with one row per spectrum, in input order.
 
@@ -435,11 +445,16 @@ def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=GL
     ``fit_arrays``. ``mask``: wavelength intervals ((lo, hi), … [Å]) left out of every fit.
     ``mdegree``, ``adegree``: the polynomials' degrees, and ``segments``, as in ``fit_arrays``;
     ``window`` (default 4200–5700 Å) is the span of the segments when they are given.
+    ``native``: fit spectra on their own pixels where the reader has them (DESI: each camera a
+    segment with its own polynomial, inside the window or each of ``segments``; the model is
+    resampled onto the pixels, not the data onto LAMOST's lattice; ``jaxlasp.model``); files
+    on the lattice (LAMOST) are fitted as without it.
     For many files use ``jaxlasp.pipeline.run`` (groups, progress, resume).
     """
     check_method(method)
     emulator, grid, window, segments = _fit_setup(model, window, segments)
-    reads = [r for p in paths for r in read_for_fit(p, grid, window)]
+    reads = [r for p in paths
+             for r in read_for_fit(p, grid, window, native=native, segments=segments)]
     return _fit_reads(reads, emulator, grid, segments, method=method, clean=clean, start=start,
                       weighting=weighting, max_iter=max_iter, devices=devices, errors=errors,
                       mask=mask, mdegree=mdegree, adegree=adegree)
@@ -449,7 +464,7 @@ def fit_spectra(wavelength, flux=None, ivar=None, *, model, pixel_mask=None, vac
                 ids=None, method: str = "lm", clean: bool = False, start=GLOBAL_START,
                 window=None, weighting: str = "none", max_iter: int | None = None,
                 devices: int | None = None, errors: str = "profile", mask=None,
-                mdegree: int = DEGREE, adegree: int = -1, segments=()):
+                mdegree: int = DEGREE, adegree: int = -1, segments=(), native: bool = False):
     """Fit spectra given as arrays on their own wavelength grids; returns the Table of
     ``fit_files`` (one row per spectrum).
 
@@ -461,8 +476,11 @@ def fit_spectra(wavelength, flux=None, ivar=None, *, model, pixel_mask=None, vac
     the window works: one uniform in ln λ on LAMOST's lattice keeps its pixels (as a LAMOST
     file's do), any other is resampled onto the lattice, flux-conserving. A ln-λ grid that lies
     on the lattice only with the other air/vacuum convention is refused with an error naming
-    ``vacuum`` (a LAMOST file's own WAVELENGTH column is in vacuum). ids: one per spectrum
-    (default "0", "1", …). The other keywords and the defaults are ``fit_files``'.
+    ``vacuum`` (a LAMOST file's own WAVELENGTH column is in vacuum). ``native``: every spectrum
+    is fitted on its own pixels instead (cut to the window, or to each of ``segments``), the
+    model resampled onto them; spectra sharing a wavelength array are fitted as one batch. ids:
+    one per spectrum (default "0", "1", …). The other keywords and the defaults are
+    ``fit_files``'.
     """
     check_method(method)
     emulator, grid, window, segments = _fit_setup(model, window, segments)
@@ -470,8 +488,12 @@ def fit_spectra(wavelength, flux=None, ivar=None, *, model, pixel_mask=None, vac
     ids = [str(i) for i in range(len(inputs))] if ids is None else [str(i) for i in ids]
     if len(ids) != len(inputs):
         raise ValueError(f"{len(ids)} ids for {len(inputs)} spectra")
-    reads = [_arrays_for_fit(id_, arrays, grid, window, vacuum)
-             for id_, arrays in zip(ids, inputs)]
+    if native:
+        reads = [_native_arrays(id_, arrays, window, segments, vacuum)
+                 for id_, arrays in zip(ids, inputs)]
+    else:
+        reads = [_arrays_for_fit(id_, arrays, grid, window, vacuum)
+                 for id_, arrays in zip(ids, inputs)]
     return _fit_reads(reads, emulator, grid, segments, method=method, clean=clean, start=start,
                       weighting=weighting, max_iter=max_iter, devices=devices, errors=errors,
                       mask=mask, mdegree=mdegree, adegree=adegree)
@@ -531,6 +553,16 @@ def _arrays_for_fit(id_: str, arrays, grid: LogGrid, window, vacuum: bool) -> Re
         return ReadResult(id_, None, str(err))
 
 
+def _native_arrays(id_: str, arrays, window, segments, vacuum: bool) -> ReadResult:
+    """One spectrum's (wave, flux, ivar, mask) on its own pixels inside the window (or each
+    segment); a ReadResult with the reason when the arrays do not cover it."""
+    try:
+        return ReadResult(id_, spectrum_from_arrays(*arrays, id=id_, vacuum=vacuum, native=True,
+                                                    windows=segments or [window]), "")
+    except SpectrumFileError as err:
+        return ReadResult(id_, None, str(err))
+
+
 def _check_convention(own: LogGrid, grid: LogGrid, vacuum: bool) -> None:
     """Raise ValueError when ``own`` (a ln-λ grid taken as ``vacuum`` says) would lie on ``grid``'s
     pixels under the other air/vacuum convention."""
@@ -558,14 +590,20 @@ def _fit_setup(model, window, segments):
 
 def _fit_reads(reads, emulator, grid: LogGrid, segments, *, mdegree: int, adegree: int,
                **options):
-    """The Table of ``reads`` (ReadResults): the readable ones fitted as one batch with
-    ``options`` (``fit_spectrum_group``'s), the others as failure rows."""
+    """The Table of ``reads`` (ReadResults): the readable ones fitted with ``options``
+    (``fit_spectrum_group``'s), one batch per pixel grid (those on ``grid``, and each native
+    ``PixelGrid``), the others as failure rows."""
     reasons = [r.reason for r in reads]
-    ok = [i for i, r in enumerate(reads) if r.spectrum is not None]
+    batches: dict = {}
+    for i, r in enumerate(reads):
+        if r.spectrum is not None:
+            own = r.spectrum.grid
+            batches.setdefault(own if isinstance(own, PixelGrid) else None, []).append(i)
     columns = empty_columns(len(reads))
-    if ok:
-        fm = build_forward_model(emulator, grid, degree=mdegree, adegree=adegree,
-                                 segments=segments)
+    for pixels, ok in batches.items():
+        fm = (build_forward_model(emulator, grid, degree=mdegree, adegree=adegree,
+                                  segments=segments) if pixels is None
+              else build_forward_model(emulator, pixels=pixels, degree=mdegree, adegree=adegree))
         fitted, fit_reasons = fit_spectrum_group(fm, [reads[i].spectrum for i in ok], **options)
         for name, values in fitted.items():
             columns[name][ok] = values

@@ -118,6 +118,11 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
                         help="wavelength intervals [Å] left out of the fit (pixels whose centre "
                              "lies inside), or a file of them: two columns lo hi, one interval "
                              "a line, '#' comments")
+    parser.add_argument("--native", action="store_true",
+                        help="fit spectra on their own pixels where the reader has them (DESI: "
+                             "each camera a segment with its own polynomial; the model is "
+                             "resampled onto the pixels instead of the data onto LAMOST's "
+                             "lattice); LAMOST files are fitted as without it")
     parser.add_argument("--mdegree", type=_int_at_least(0, "--mdegree"), default=50, metavar="N",
                         help="degree of the multiplicative Legendre polynomial (default 50, "
                              "PyLASP's)")
@@ -355,7 +360,8 @@ def cmd_fit(args) -> int:
                          adegree=args.adegree, weighting=args.weighting,
                          max_iter=args.max_iter, group_size=args.group_size,
                          format=args.format, devices=args.devices, errors=args.errors,
-                         readers=args.readers, reader_kind=args.reader_kind)
+                         readers=args.readers, reader_kind=args.reader_kind,
+                         native=args.native)
     log.info("model: %s", source)
     try:
         if args.scheduler or args.dask_workers:
@@ -483,7 +489,7 @@ def _catalog_row(table, catalog_path, spectrum_id: str, path: str):
 
 def _options_from_catalog(args, options: dict) -> None:
     """Set the fit arguments of ``args`` to the options a catalog recorded (its run's)."""
-    for key in ("method", "clean", "errors", "weighting", "mdegree", "adegree"):
+    for key in ("method", "clean", "errors", "weighting", "mdegree", "adegree", "native"):
         if key in options:
             setattr(args, key, options[key])
     if "start" in options:
@@ -508,8 +514,8 @@ def cmd_plot(args) -> int:
         read_for_fit,
         result_columns,
     )
-    from jaxlasp.grids import lamost_fit_grid, window_note
-    from jaxlasp.model import build_forward_model, components, fitted_pixels
+    from jaxlasp.grids import PixelGrid, lamost_fit_grid, window_note
+    from jaxlasp.model import build_forward_model, components, fitted_pixels, observed_grid
     from jaxlasp.plot import plot_fit
 
     catalog = None
@@ -524,7 +530,8 @@ def cmd_plot(args) -> int:
                              degree=args.mdegree, adegree=args.adegree, segments=args.segments)
     if note := window_note(fm.grid, window):
         log.warning("%s", note)
-    reads = read_for_fit(Path(args.spectrum), fm.grid, window, args.format)
+    reads = read_for_fit(Path(args.spectrum), fm.grid, window, args.format, native=args.native,
+                         segments=args.segments)
     if args.index >= len(reads):
         raise UsageError(f"{args.spectrum} holds {len(reads)} spectra; --index {args.index} "
                          "is out of range")
@@ -533,9 +540,14 @@ def cmd_plot(args) -> int:
         raise UsageError(reads[args.index].reason)
     catalog_row = (None if catalog is None else
                    _catalog_row(catalog, args.from_catalog, spectrum.id, args.spectrum))
+    segments = args.segments
+    if isinstance(spectrum.grid, PixelGrid):   # on its own pixels: each arm a segment
+        fm = build_forward_model(emulator, pixels=spectrum.grid, degree=args.mdegree,
+                                 adegree=args.adegree)
+        segments = [(float(e[0]), float(e[-1])) for e in spectrum.grid.segment_edges]
     flux = spectrum.normalised_flux()
     weights = mask_weights(lamost_weights(spectrum, args.weighting)[None], args.mask or None,
-                           fm.grid)[0] * fitted_pixels(fm)
+                           observed_grid(fm))[0] * fitted_pixels(fm)
     result = fit(fm, initial_points(args.start, 1, fm), flux[None], weights[None],
                  method=args.method, clean=args.clean, max_iter=None, errors=args.errors)
     row = {k: v[0] for k, v in result_columns(result, fm.grid).items()}
@@ -554,8 +566,8 @@ def cmd_plot(args) -> int:
              f"{row['logg_err']:.3f}, [Fe/H] {row['feh']:.3f} ± {row['feh_err']:.3f}; "
              f"{_reduced_chi2(flux, comps, used, noise)}loss {row['loss']:.4g}, "
              f"{int(row['n_pixels'])} pixels, {int(row['n_clean'])} rejected by Clean; {flags}")
-    plot_fit(fm.grid.centres, flux, comps, used, title, args.output, masked=args.mask,
-             segments=args.segments, noise=noise)
+    plot_fit(observed_grid(fm).centres, flux, comps, used, title, args.output, masked=args.mask,
+             segments=segments, noise=noise)
     log.info("wrote %s", args.output)
     return 0
 

@@ -30,8 +30,9 @@ import numpy as np
 
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain, TGMEmulator
 from jaxlasp.fit.driver import MU_LIMIT, SIGMA_LIMIT
-from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LogGrid, lamost_fit_grid
-from jaxlasp.io.lamost import write_lamost
+from jaxlasp.grids import C_KMS, LAMOST_LN_STEP, LogGrid, PixelGrid, lamost_fit_grid
+from jaxlasp.io.arrays import pixel_edges
+from jaxlasp.io.lamost import VACUUM_LN_SHIFT, write_lamost
 from jaxlasp.model import (
     MU,
     SIGMA,
@@ -373,3 +374,61 @@ def write_mock_files(mock: MockSpectra, folder, level: float = 1000.0) -> list:
         write_lamost(path, grid, flux, weight)
         paths.append(path)
     return paths
+
+
+DESI_STEP = 0.8
+"""DESI's camera pixel step [Å, vacuum]."""
+
+
+DESI_CAMERAS = {"B": (3600.0, 2751), "R": (5760.0, 2326), "Z": (7520.0, 2881)}
+"""DESI's cameras: first pixel centre [vacuum Å] and number of pixels, ``DESI_STEP`` apart."""
+
+
+def desi_camera_waves(lo: float, hi: float,
+                      cameras: dict[str, tuple[float, int]] = DESI_CAMERAS
+                      ) -> dict[str, np.ndarray]:
+    """Per camera, DESI-like pixel centres [vacuum Å] (``cameras``: name → (first centre,
+    pixels), ``DESI_STEP`` apart): those whose air wavelengths (PyLASP's constant shift) lie in
+    [lo, hi] Å; cameras with fewer than 10 pixels there are left out."""
+    waves = {}
+    lo_vacuum, hi_vacuum = (w * math.exp(VACUUM_LN_SHIFT) for w in (lo, hi))
+    for name, (first, n) in cameras.items():
+        k0 = max(0, math.ceil((lo_vacuum - first) / DESI_STEP))
+        k1 = min(n - 1, math.floor((hi_vacuum - first) / DESI_STEP))
+        if k1 - k0 >= 10:
+            waves[name] = first + DESI_STEP * np.arange(k0, k1 + 1)
+    return waves
+
+
+def desi_pixels(waves: dict[str, np.ndarray]) -> PixelGrid:
+    """The air pixels (one segment per camera) that ``jaxlasp.io.desi`` makes of camera
+    centres ``waves`` [vacuum Å]."""
+    return PixelGrid.from_edges(*(pixel_edges(w) * np.exp(-VACUUM_LN_SHIFT)
+                                  for w in waves.values()))
+
+
+def write_mock_desi(mock: MockSpectra, pixels: PixelGrid, waves: dict[str, np.ndarray], path,
+                    level: float = 100.0):
+    """Write mock spectra made on ``pixels`` = ``desi_pixels(waves)`` as one DESI coadd file
+    (FIBERMAP TARGETIDs 0…n−1; per camera X_WAVELENGTH, X_FLUX, X_IVAR, X_MASK), flux scaled to
+    a median of about ``level``, ivar to match. Returns the path. Needs astropy."""
+    from astropy.io import fits
+
+    if pixels.sizes != [w.size for w in waves.values()]:
+        raise ValueError("pixels and waves describe different cameras")
+    scale = level / np.maximum(np.median(mock.noiseless, axis=1), 1e-30)[:, None]
+    ivar = np.where(np.isinf(mock.ivar), 1e30, mock.ivar)
+    hdus = [fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+        [fits.Column(name="TARGETID", format="K", array=np.arange(len(mock.flux)))],
+        name="FIBERMAP")]
+    for (name, wave), (first, stop) in zip(waves.items(), pixels.ranges):
+        part = slice(first, stop)
+        hdus += [fits.ImageHDU(wave, name=f"{name}_WAVELENGTH"),
+                 fits.ImageHDU((mock.flux[:, part] * scale).astype(np.float32),
+                               name=f"{name}_FLUX"),
+                 fits.ImageHDU((ivar[:, part] / scale**2).astype(np.float32),
+                               name=f"{name}_IVAR"),
+                 fits.ImageHDU(np.where(mock.bad[:, part], 1, 0).astype(np.int32),
+                               name=f"{name}_MASK")]
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path

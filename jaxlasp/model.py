@@ -150,9 +150,9 @@ def n_pixels(fm: ForwardModel) -> int:
     return fm.grid.n if fm.pixels is None else fm.pixels.n
 
 
-def observed_centres(fm: ForwardModel) -> np.ndarray:
-    """Centres [Å] of the observed pixels, (n,)."""
-    return fm.grid.centres if fm.pixels is None else fm.pixels.centres
+def observed_grid(fm: ForwardModel) -> LogGrid | PixelGrid:
+    """The observed pixels: ``fm.pixels``, or ``fm.grid`` without native pixels."""
+    return fm.grid if fm.pixels is None else fm.pixels
 
 
 def observe(fm: ForwardModel, values):

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 from pathlib import Path
@@ -55,7 +55,7 @@ from jaxlasp.api import (
     read_for_fit,
 )
 from jaxlasp.fit.errors import check_errors
-from jaxlasp.grids import LogGrid, lamost_fit_grid, window_note
+from jaxlasp.grids import LogGrid, PixelGrid, lamost_fit_grid, window_note
 from jaxlasp.io import get_reader
 from jaxlasp.io.catalog import check_writable, read_catalog, temporary_files, write_catalog
 from jaxlasp.io.lamost import SURVEY_KEYS, file_stem
@@ -109,6 +109,7 @@ class FitOptions:
     errors: str = "profile"
     readers: int | None = None
     reader_kind: str = "auto"
+    native: bool = False
 
     def fit_window(self) -> tuple[float, float]:
         """The window read and fitted: the span of ``segments`` when given, else ``window``."""
@@ -149,7 +150,8 @@ def run_options(options: FitOptions, model) -> str:
         **({"mask": [list(pair) for pair in options.mask]} if options.mask else {}),
         **({"segments": [list(pair) for pair in options.segments]} if options.segments else {}),
         **({"mdegree": options.mdegree} if options.mdegree != DEGREE else {}),
-        **({"adegree": options.adegree} if options.adegree != -1 else {})},
+        **({"adegree": options.adegree} if options.adegree != -1 else {}),
+        **({"native": True} if options.native else {})},
         sort_keys=True)
 
 
@@ -254,20 +256,23 @@ def expand_inputs(paths: Iterable) -> list[Path]:
     return found
 
 
-def read_records(path: Path, grid: LogGrid, window, format: str = "auto") -> list[Record]:
-    """The catalog records of one input file: one per spectrum, or one saying why none."""
-    reads = read_for_fit(path, grid, window, format)
+def read_records(path: Path, grid: LogGrid, window, format: str = "auto", *,
+                 native: bool = False, segments=()) -> list[Record]:
+    """The catalog records of one input file: one per spectrum, or one saying why none
+    (``native``, ``segments``: as ``jaxlasp.api.read_for_fit``)."""
+    reads = read_for_fit(path, grid, window, format, native=native, segments=segments)
     return [Record(str(path), r.id, r.spectrum, r.reason, k == len(reads) - 1)
             for k, r in enumerate(reads)]
 
 
-def _timed_read(path: Path, grid: LogGrid, window, format: str) -> tuple[list[Record], float]:
+def _timed_read(path: Path, grid: LogGrid, window, format: str, native: bool = False,
+                segments=()) -> tuple[list[Record], float]:
     """(``read_records``, seconds it took): what a reader worker returns. Whatever a file does to
     the reader (links, permissions, decompression, a plug-in reader's bug) becomes a record
     with the reason, never an exception that would stop the run."""
     start = time.perf_counter()
     try:
-        records = read_records(path, grid, window, format)
+        records = read_records(path, grid, window, format, native=native, segments=segments)
     except Exception as err:
         reason = f"{path}: cannot be read ({type(err).__name__}: {err})"
         records = [Record(str(path), file_stem(path), None, reason, True)]
@@ -330,21 +335,25 @@ def group_records(records: Iterable[Record], group_size: int) -> Iterator[list[R
         yield group
 
 
-def fit_group(fm: ForwardModel, group: list[Record], options: FitOptions, capacity: int,
+def fit_group(models: RunModels, group: list[Record], options: FitOptions, capacity: int,
               clock: StageClock | None = None):
-    """The catalog table of one group: its readable spectra fitted as one batch padded to
-    ``capacity`` (so every group has the compiled shape), the others as failure rows.
+    """The catalog table of one group: its readable spectra fitted in batches padded to
+    ``capacity`` (so every group has the compiled shape), one batch per pixel grid (one batch
+    unless native spectra on several grids share the group), the others as failure rows.
     ``clock`` gets the time of each stage (``jaxlasp.timing``)."""
-    good = [k for k, r in enumerate(group) if r.spectrum is not None]
+    batches: dict = {}
+    for k, r in enumerate(group):
+        if r.spectrum is not None:
+            batches.setdefault(models.key(r.spectrum.grid), []).append(k)
     columns = empty_columns(len(group))
     reasons = [r.reason for r in group]
-    if good:
+    for key, good in batches.items():
         spectra = [group[k].spectrum for k in good]
         padded = spectra + [spectra[0]] * (capacity - len(spectra))
         try:
             fitted, fit_reasons = fit_spectrum_group(
-                fm, padded, method=options.method, clean=options.clean, start=options.start,
-                weighting=options.weighting, max_iter=options.max_iter,
+                models.for_key(key), padded, method=options.method, clean=options.clean,
+                start=options.start, weighting=options.weighting, max_iter=options.max_iter,
                 devices=options.devices, errors=options.errors, mask=options.mask or None,
                 timer=clock)
         except Exception as err:  # a failed group is recorded, never fatal
@@ -492,7 +501,7 @@ def _run_locked(inputs, model, output: Path, options: FitOptions, resume: bool, 
     """``run`` once the catalog's lock is held."""
     paths = expand_inputs(inputs)
     check_found(paths, inputs)
-    fm = prepare_model(model, options)
+    models = prepare_models(model, options)
     stamp = run_options(options, model)
     tables, complete, keys = load_done(output) if resume else ([], set(), set())
     check_same_options(tables, stamp, output)
@@ -510,7 +519,7 @@ def _run_locked(inputs, model, output: Path, options: FitOptions, resume: bool, 
     setup = time.perf_counter() - t0
     first_group: dict | None = None
     group_started = time.perf_counter()
-    for group, table in fit_paths(fm, todo, options, keys, clock):
+    for group, table in fit_paths(models, todo, options, keys, clock):
         table.meta["options"] = stamp
         with clock("write"):
             write_catalog(table, folder / f"part-{next_part:06d}.ecsv")
@@ -575,6 +584,45 @@ def check_found(paths: list[Path], inputs) -> None:
                          "files, or lists of them)")
 
 
+MAX_NATIVE_MODELS = 8
+"""Native forward models a run keeps (one per pixel grid met; the oldest is dropped beyond)."""
+
+
+@dataclass
+class RunModels:
+    """The forward models of a run: ``lattice`` for spectra on LAMOST's lattice (cut to its fit
+    grid) and, for spectra on their own pixels (``FitOptions.native``), one per
+    ``PixelGrid``, built from ``emulator`` when first met."""
+
+    lattice: ForwardModel
+    emulator: object
+    options: FitOptions
+    native: dict = field(default_factory=dict)
+
+    @staticmethod
+    def key(grid) -> PixelGrid | None:
+        """Which model fits spectra on ``grid``: the native pixel grid, or None (lattice)."""
+        return grid if isinstance(grid, PixelGrid) else None
+
+    def for_key(self, key: PixelGrid | None) -> ForwardModel:
+        """The forward model for ``key`` (``key``), built and kept when new."""
+        if key is None:
+            return self.lattice
+        if key not in self.native:
+            if len(self.native) >= MAX_NATIVE_MODELS:
+                self.native.pop(next(iter(self.native)))
+            self.native[key] = build_forward_model(
+                self.emulator, pixels=key, degree=self.options.mdegree,
+                adegree=self.options.adegree)
+        return self.native[key]
+
+
+def prepare_models(model, options: FitOptions) -> RunModels:
+    """The run's ``RunModels`` (``prepare_model`` for the lattice one)."""
+    emulator = load_model(model)
+    return RunModels(prepare_model(emulator, options), emulator, options)
+
+
 def prepare_model(model, options: FitOptions) -> ForwardModel:
     """The forward model for ``options.window``; ValueError for a start outside its domain."""
     emulator = load_model(model)
@@ -587,7 +635,7 @@ def prepare_model(model, options: FitOptions) -> ForwardModel:
     return fm
 
 
-def fit_paths(fm: ForwardModel, paths, options: FitOptions, skip=frozenset(),
+def fit_paths(models: RunModels, paths, options: FitOptions, skip=frozenset(),
               clock: StageClock | None = None):
     """(group, table) for each group of the spectra in ``paths``, in order; the files are read
     ahead of the fit by ``options.reader_pool()`` workers (``read_ahead``). Spectra whose
@@ -596,14 +644,14 @@ def fit_paths(fm: ForwardModel, paths, options: FitOptions, skip=frozenset(),
     clock = clock or StageClock()
     workers, kind = options.reader_pool()
     capacity = options.capacity()
-    read = partial(_timed_read, grid=fm.grid, window=options.fit_window(),
-                   format=options.format)
+    read = partial(_timed_read, grid=models.lattice.grid, window=options.fit_window(),
+                   format=options.format, native=options.native, segments=options.segments)
     records = (record
                for file_records in read_ahead(paths, read, workers=workers, kind=kind,
                                               spectra_ahead=2 * capacity, clock=clock)
                for record in file_records if (input_key(record.path), record.id) not in skip)
     for group in group_records(records, capacity):
-        yield group, fit_group(fm, group, options, capacity, clock)
+        yield group, fit_group(models, group, options, capacity, clock)
 
 
 def jaxlasp_version() -> str:

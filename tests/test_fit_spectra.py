@@ -89,3 +89,30 @@ def test_library_and_cli_share_their_defaults():
         if "weighting" in defaults:
             assert defaults["weighting"] == options.weighting
     assert PYLASP == {"start": (7500.0, 3.5, -0.5), "errors": "laplace"}
+
+
+@pytest.mark.slow
+def test_native_pixels_of_a_lamost_file_give_its_lattice_fit(from_files):
+    """A LAMOST spectrum's pixels are the lattice: fitted natively (the model broadened on the
+    lattice and resampled onto the same pixels) it gives the file's fit, to a small part of the
+    errors (the native fit keeps the last pixel and sees real model flux past the window)."""
+    wave, flux, ivar = zip(*(lamost_arrays(n) for n in FILES))
+    table = fit_spectra(list(wave), list(flux), list(ivar), model=ELODIE, vacuum=True,
+                        ids=FILES, native=True, **START)
+    for name in ("rv", "teff", "logg", "feh"):
+        diff = np.abs(table[name] - from_files[name]) / from_files[f"{name}_err"]
+        assert np.all(diff < 0.1), (name, diff)
+    assert np.all(np.abs(table["n_pixels"] - from_files["n_pixels"]) <= 2)
+
+
+@pytest.mark.slow
+def test_a_linear_grid_fitted_natively(from_files):
+    """The spectrum interpolated onto a linear 1 Å grid, fitted on those pixels (the model is
+    resampled, not the data): close to the file's fit."""
+    wave, flux, _ = lamost_arrays(FILES[0])
+    air = wave * np.exp(-2.8e-4)
+    linear = np.arange(4150.0, 5750.0, 1.0)
+    table = fit_spectra(linear, np.interp(linear, air, flux), model=ELODIE, native=True, **START)
+    assert bool(table["converged"][0]) and table["n_pixels"][0] == 1501
+    assert abs(table["teff"][0] - from_files["teff"][0]) < 150.0
+    assert abs(table["feh"][0] - from_files["feh"][0]) < 0.15

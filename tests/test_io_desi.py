@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from jaxlasp.api import lamost_weights
-from jaxlasp.grids import LAMOST_AIR_GRID, LinearGrid, lamost_fit_grid
-from jaxlasp.io import FEW_GOOD_PIXELS, SpectrumFileError, cut_to_grid, read_desi
+from jaxlasp.grids import LAMOST_AIR_GRID, LinearGrid, PixelGrid, lamost_fit_grid
+from jaxlasp.io import FEW_GOOD_PIXELS, SpectrumFileError, cut_to_grid, read_desi, read_spectra
 from jaxlasp.io.arrays import lattice_grid
+from jaxlasp.io.desi import read_desi_native
 from jaxlasp.io.lamost import VACUUM_LN_SHIFT
 
 fits = pytest.importorskip("astropy.io.fits")
@@ -235,3 +236,41 @@ def test_broken_files(tmp_path, desi_file, edit, message):
         hdul.writeto(path)
     with pytest.raises(SpectrumFileError, match=message):
         read_desi(path)
+
+
+# ---------------------------------------------------------------- native pixels (issue 22)
+
+def test_native_spectra_keep_the_cameras_pixels(desi_file):
+    """Native: each camera's own pixels (air), cut to the window, nothing resampled."""
+    spectra = read_spectra(desi_file, native=True)          # default window 4200–5700 Å
+    assert [s.id for s in spectra] == [str(t) for t in TARGETIDS]
+    grid = spectra[0].grid
+    assert isinstance(grid, PixelGrid) and all(s.grid == grid for s in spectra)
+    assert len(grid.sizes) == 1                               # only B reaches into the window
+    air = camera_wave("B") * math.exp(-VACUUM_LN_SHIFT)
+    inside = air[(air >= 4200.0) & (air <= 5700.0)]
+    np.testing.assert_allclose(grid.centres, inside, rtol=1e-12)
+    np.testing.assert_allclose(grid.widths, STEP * math.exp(-VACUUM_LN_SHIFT), rtol=1e-9)
+    assert np.all(spectra[2].flux == 1.0) and np.all(spectra[2].ivar == 1.0)
+    linear = LINEAR[0] + LINEAR[1] * (inside * math.exp(VACUUM_LN_SHIFT) - 5000.0)
+    masked = np.abs(inside * math.exp(VACUUM_LN_SHIFT) - 4501.6) < 1.7
+    np.testing.assert_allclose(spectra[1].flux[~masked], linear[~masked], rtol=1e-6)
+    assert masked.sum() == 5 and not spectra[1].finite[masked].any()
+    assert np.all(spectra[1].ivar[masked] == 0) and np.all(spectra[1].andmask[masked] == 2)
+    assert spectra[1].finite[~masked].all()
+    assert spectra[2].survey == {"targetid": TARGETIDS[2], "ra": 151.0, "dec": -2.5}
+    assert np.all(lamost_weights(spectra[2], "none") == 1)   # no dropped last pixel
+
+
+def test_native_segments_are_per_camera_and_window(desi_file):
+    spectra = read_desi_native(desi_file, windows=((5000.0, 6000.0), (7600.0, 9000.0)))
+    grid = spectra[0].grid
+    centres = [grid.centres[a:b] for a, b in grid.ranges]
+    # B ∩ first window, R ∩ first window, R ∩ second, Z ∩ second: cameras in file order
+    assert len(centres) == 4
+    assert [round(c[0]) for c in centres] == [5000, 5758, 7600, 7600]
+    assert all(np.all(np.diff(c) > 0) for c in centres)
+    whole = read_desi_native(desi_file, windows=None)[0].grid
+    assert whole.sizes == [CAMERAS[c][1] for c in "BRZ"]
+    with pytest.raises(SpectrumFileError, match="does not include the window 3000–4000"):
+        read_desi_native(desi_file, windows=((3000.0, 4000.0),))

@@ -2,6 +2,7 @@
 more segments; the model is broadened on the LAMOST lattice and resampled onto the pixels."""
 from __future__ import annotations
 
+import json
 import math
 
 import jax.numpy as jnp
@@ -10,12 +11,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxlasp.api import fit_files
 from jaxlasp.emulators.demo import demo_emulator
 from jaxlasp.fit.driver import fit_batch
 from jaxlasp.fit.start import fit_multistart
 from jaxlasp.grids import LAMOST_AIR_GRID, PixelGrid, lamost_fit_grid
 from jaxlasp.io.arrays import band, rebin
-from jaxlasp.mock import draw_parameters, simulate
+from jaxlasp.io.catalog import read_catalog
+from jaxlasp.mock import (
+    desi_camera_waves,
+    desi_pixels,
+    draw_parameters,
+    simulate,
+    write_mock_desi,
+)
 from jaxlasp.model import (
     broadened,
     build_forward_model,
@@ -28,6 +37,7 @@ from jaxlasp.model import (
     residuals,
     theta_from_physical,
 )
+from jaxlasp.pipeline import FitOptions, run
 from jaxlasp.spectral.broaden import TRUNCATION
 
 seeds = st.integers(0, 2**32 - 1)
@@ -218,3 +228,40 @@ def test_an_arm_scaled_by_a_constant_changes_nothing(arms):
     a = fit_batch(fm, start, mock.flux, mock.weights)
     b = fit_batch(fm, start, scaled, weights)
     np.testing.assert_allclose(b.theta, a.theta, rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def desi_mock(tmp_path_factory, emulator):
+    """A DESI coadd file of mock stars made natively on the B and R cameras' own 0.8 Å pixels,
+    5300–6500 Å (the cameras overlap at 5760–5800 Å)."""
+    waves = desi_camera_waves(5300.0, 6500.0)
+    assert list(waves) == ["B", "R"]
+    pixels = desi_pixels(waves)
+    fm = build_forward_model(emulator, pixels=pixels)
+    mock = simulate(fm, draw_parameters(6, seed=21, teff=(4500.0, 7500.0)), snr=60, seed=22)
+    path = write_mock_desi(mock, pixels, waves, tmp_path_factory.mktemp("desi") / "coadd.fits")
+    return path, mock, fm
+
+
+@pytest.mark.slow
+def test_a_desi_file_fitted_natively_by_the_api_and_the_pipeline(desi_mock, emulator, tmp_path):
+    path, mock, fm = desi_mock
+    window = (5310.0, 6490.0)
+    options = {"start": (6000.0, 4.0, -0.3), "errors": "laplace"}
+    table = fit_files([path], emulator, window=window, native=True, **options)
+    truth = mock.truth
+    for name, true in (("teff", truth.teff), ("logg", truth.logg), ("feh", truth.feh)):
+        pull = (np.asarray(table[name]) - true) / np.asarray(table[f"{name}_err"])
+        assert np.all(np.abs(pull) < 4.0), (name, pull)
+    inside = (fm.pixels.centres >= window[0]) & (fm.pixels.centres <= window[1])
+    assert np.all(table["n_pixels"] == inside.sum())
+    catalog = tmp_path / "native.ecsv"
+    run([path], emulator, catalog, FitOptions(window=window, native=True, group_size=8,
+                                              start=options["start"], errors="laplace"),
+        quiet=True)
+    rows = read_catalog(catalog)
+    for name in ("rv", "teff", "logg", "feh", "teff_err", "n_pixels"):
+        np.testing.assert_allclose(rows[name], table[name], rtol=1e-6, err_msg=name)
+    assert json.loads(rows.meta["options"])["native"] is True
+    joined = fit_files([path], emulator, window=window, **options)
+    assert np.all(joined["n_pixels"] < table["n_pixels"])        # lattice pixels are wider

@@ -28,8 +28,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxlasp.grids import LAMOST_AIR_GRID, LogGrid
-from jaxlasp.io.lamost import VACUUM_LN_SHIFT, Spectrum, windowed_spectrum
+from jaxlasp.grids import LAMOST_AIR_GRID, LogGrid, PixelGrid
+from jaxlasp.io.lamost import (
+    VACUUM_LN_SHIFT,
+    Spectrum,
+    SpectrumFileError,
+    fill_nonfinite,
+    make_spectrum,
+    windowed_spectrum,
+)
 
 MIN_COVERAGE = 0.5
 """Least fraction of an output pixel's width that good input pixels must cover."""
@@ -146,9 +153,68 @@ def flux_normaliser(flux: np.ndarray) -> float:
     return max(float(np.median(finite)), 1.0) if finite.size else 1.0
 
 
+MIN_SEGMENT_PIXELS = 10
+"""Fewest pixels an arm keeps inside a window for that part to become a native segment."""
+
+
+class NativeCut(NamedTuple):
+    """Which pixels of each arm a native spectrum keeps: ``grid`` (one segment per arm and
+    window) and, per segment, (arm number, index array of the arm's pixels)."""
+
+    grid: PixelGrid
+    parts: tuple[tuple[int, np.ndarray], ...]
+
+
+def native_cut(arm_edges, windows, source) -> NativeCut:
+    """The ``NativeCut`` of arms with pixel edges ``arm_edges`` (air Å, increasing) for windows
+    ((lo, hi), … Å; None: every pixel): the pixels of each arm whose centres lie in a window
+    form a segment (arm after arm, windows in order); parts of fewer than
+    ``MIN_SEGMENT_PIXELS`` pixels are left out. SpectrumFileError (naming ``source``) when the
+    arms do not cover every window (to half a pixel) or no segment is left."""
+    lo = min(float(e[0]) for e in arm_edges)
+    hi = max(float(e[-1]) for e in arm_edges)
+    segments, parts = [], []
+    for w_lo, w_hi in windows or [(lo, hi)]:
+        if w_lo < lo or w_hi > hi:
+            raise SpectrumFileError(f"{source}: the spectrum covers {lo:.1f}–{hi:.1f} Å, which "
+                                    f"does not include the window {w_lo:g}–{w_hi:g} Å")
+    for arm, edges in enumerate(arm_edges):
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        for w_lo, w_hi in windows or [(lo, hi)]:
+            index = np.flatnonzero((centres >= w_lo) & (centres <= w_hi))
+            if index.size >= MIN_SEGMENT_PIXELS:
+                segments.append(edges[index[0]:index[-1] + 2])
+                parts.append((arm, index))
+    if not segments:
+        raise SpectrumFileError(f"{source}: no arm has {MIN_SEGMENT_PIXELS} pixels inside "
+                                f"{list(windows)}")
+    return NativeCut(PixelGrid.from_edges(*segments), tuple(parts))
+
+
+def native_spectrum(id_: str, cut: NativeCut, arms) -> Spectrum:
+    """A ``Spectrum`` on its own pixels (``cut.grid``) from each arm's (flux, ivar, mask) (n_arm,)
+    arrays: a pixel without good data (``good_pixels``) gets ivar 0 and ``finite`` False, its
+    flux filled as a LAMOST pixel's (§c.6); ``andmask`` holds the mask bits; ``median`` is
+    ``flux_normaliser`` of the good pixels kept."""
+    flux, ivar, mask, good = [], [], [], []
+    for arm, index in cut.parts:
+        f, v, m = (np.asarray(a)[index] for a in arms[arm])
+        ok = good_pixels(f.astype(np.float64), v.astype(np.float64), m)
+        flux.append(np.where(ok, f, np.nan))
+        ivar.append(np.where(ok, v, 0.0))
+        mask.append(np.asarray(m).astype(np.int64))
+        good.append(ok)
+    flux, good = np.concatenate(flux).astype(np.float64), np.concatenate(good)
+    return make_spectrum(id_, cut.grid, fill_nonfinite(flux.astype(np.float32)),
+                         np.concatenate(ivar).astype(np.float32),
+                         np.concatenate(mask).astype(np.uint32).view(np.int32),
+                         flux_normaliser(flux), good)
+
+
 def spectrum_from_arrays(wave, flux, ivar=None, mask=None, *, id: str = "spectrum",
                          vacuum: bool = False, window: tuple[float, float] | None = None,
-                         resample: bool = False) -> Spectrum:
+                         resample: bool = False, native: bool = False,
+                         windows=None) -> Spectrum:
     """A ``Spectrum`` from arrays sampled on any grid.
 
     wave: (n,) pixel centres [Å], strictly monotonic (decreasing input is reversed), air unless
@@ -161,9 +227,10 @@ def spectrum_from_arrays(wave, flux, ivar=None, mask=None, *, id: str = "spectru
     max(nanmedian(flux), 1)). Otherwise the arrays are resampled (``rebin``) onto the LAMOST
     lattice pixels inside their coverage; pixels without good data get ivar 0 and
     ``finite = False``, and ``median`` comes from the resampled pixels; ``resample`` resamples
-    a uniform grid too (one whose pixels are not the lattice's). Raises ValueError for
-    inconsistent shapes or a non-monotonic ``wave``, SpectrumFileError when the window is not
-    covered.
+    a uniform grid too (one whose pixels are not the lattice's). ``native``: the spectrum keeps
+    its own pixels whatever they are (a ``PixelGrid``, ``native_spectrum``), cut to ``windows``
+    ((lo, hi), … Å: segments; default ``[window]``). Raises ValueError for inconsistent shapes
+    or a non-monotonic ``wave``, SpectrumFileError when the window is not covered.
     """
     wave, flux = np.asarray(wave, np.float64), np.asarray(flux, np.float64)
     n = wave.size
@@ -178,8 +245,12 @@ def spectrum_from_arrays(wave, flux, ivar=None, mask=None, *, id: str = "spectru
     if not np.all(np.diff(wave) > 0) or wave[0] <= 0:
         raise ValueError("wave must be positive and strictly monotonic")
     shift = VACUUM_LN_SHIFT if vacuum else 0.0
-    grid = log_uniform_grid(np.log(wave) - shift)
     source = f"spectrum {id}"
+    if native:
+        edges = pixel_edges(wave) * math.exp(-shift)
+        cut = native_cut([edges], windows or (None if window is None else [window]), source)
+        return native_spectrum(id, cut, [(flux, ivar, mask)])
+    grid = log_uniform_grid(np.log(wave) - shift)
     if grid is not None and not resample:
         flux32 = flux.astype(np.float32)
         return windowed_spectrum(id, grid, flux32, ivar.astype(np.float32), mask.astype(np.int32),

@@ -27,6 +27,8 @@ from jaxlasp.io.arrays import (
     flux_normaliser,
     good_pixels,
     lattice_grid,
+    native_cut,
+    native_spectrum,
     overlapping_bits,
     pixel_edges,
     rebin,
@@ -75,6 +77,29 @@ def read_desi(source, window: tuple[float, float] | None = DEFAULT_WINDOW) -> li
     SpectrumFileError (naming the file) for an unreadable file, missing or inconsistent HDUs, or
     cameras that do not cover the window.
     """
+    path, ids, survey, arms = _read_file(source)
+    grid = _output_grid([edges for edges, *_ in arms], window, path)
+    flux, ivar, andmask = join_cameras(arms, grid)
+    return [replace(windowed_spectrum(id_, grid, flux[i].astype(np.float32),
+                                      ivar[i].astype(np.float32), andmask[i],
+                                      flux_normaliser(flux[i]), None, path), survey=survey[i])
+            for i, id_ in enumerate(ids)]
+
+
+def read_desi_native(source, windows) -> list[Spectrum]:
+    """Every spectrum of a DESI file on its own pixels: each camera's pixels (air, by PyLASP's
+    constant shift) inside each window ((lo, hi), … Å) a segment of a ``PixelGrid``
+    (``jaxlasp.io.arrays.native_cut``), nothing resampled; the cameras' overlaps are kept in
+    both. Masked and ivar = 0 pixels get ivar 0 and ``finite`` False. Raises as ``read_desi``."""
+    path, ids, survey, arms = _read_file(source)
+    cut = native_cut([edges for edges, *_ in arms], windows, path)
+    return [replace(native_spectrum(id_, cut, [(f[i], v[i], m[i]) for _, f, v, m in arms]),
+                    survey=survey[i])
+            for i, id_ in enumerate(ids)]
+
+
+def _read_file(source):
+    """(path, ids, survey values, arms) of a DESI file (``read_desi``); arms as ``_camera``."""
     with as_fits(source, SpectrumFileError) as file:
         path = file.path
         index = {name: i for i, name in enumerate(file.names)}  # a repeated name: its last HDU
@@ -83,12 +108,7 @@ def read_desi(source, window: tuple[float, float] | None = DEFAULT_WINDOW) -> li
     if not arms:
         raise SpectrumFileError(f"{path}: no DESI camera HDUs (X_WAVELENGTH with X_FLUX); HDUs "
                                 f"found: {sorted(index)}")
-    grid = _output_grid([edges for edges, *_ in arms], window, path)
-    flux, ivar, andmask = join_cameras(arms, grid)
-    return [replace(windowed_spectrum(id_, grid, flux[i].astype(np.float32),
-                                      ivar[i].astype(np.float32), andmask[i],
-                                      flux_normaliser(flux[i]), None, path), survey=survey[i])
-            for i, id_ in enumerate(ids)]
+    return path, ids, survey, arms
 
 
 def join_cameras(arms, grid: LogGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

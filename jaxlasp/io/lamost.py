@@ -49,7 +49,8 @@ class Spectrum:
     """One spectrum on a ln-λ grid (host-side numpy arrays, all of length ``grid.n``).
 
     id: LAMOST: the file stem (the obsid for the public files, e.g. '3706009'); DESI: TARGETID.
-    grid: the pixels' air-wavelength grid (uniform in ln λ [ln Å]).
+    grid: the pixels' air-wavelength grid (uniform in ln λ [ln Å]), or for a spectrum kept on
+        its own pixels (``native``) a ``jaxlasp.grids.PixelGrid``.
     flux: flux, float32, not normalised (LAMOST: raw FLUX); non-finite values replaced (§c.6).
     ivar: inverse variance [flux⁻²], float32, with the same replacement (0 where a resampled
         spectrum has no unmasked data).
@@ -79,7 +80,7 @@ class Spectrum:
     def sub(self, first: int, n: int) -> Spectrum:
         """The spectrum of pixels ``first .. first+n-1`` (flags recomputed on them)."""
         part = slice(first, first + n)
-        return replace(_spectrum(self.id, self.grid.sub(first, n), self.flux[part],
+        return replace(make_spectrum(self.id, self.grid.sub(first, n), self.flux[part],
                                  self.ivar[part], self.andmask[part], self.median,
                                  self.finite[part]), survey=self.survey)
 
@@ -147,7 +148,7 @@ def windowed_spectrum(id_: str, grid: LogGrid, flux, ivar, andmask, median: floa
         check_covers(grid, window, source)
         first, last = window_pixels(grid, *window)
     part = slice(first, last + 1)
-    return _spectrum(id_, grid.sub(first, last - first + 1), fill_nonfinite(flux[part]),
+    return make_spectrum(id_, grid.sub(first, last - first + 1), fill_nonfinite(flux[part]),
                      fill_nonfinite(ivar[part]), andmask[part], median, np.isfinite(flux[part]))
 
 
@@ -202,7 +203,7 @@ def fill_nonfinite(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _spectrum(id_, grid, flux, ivar, andmask, median, finite) -> Spectrum:
+def make_spectrum(id_, grid, flux, ivar, andmask, median, finite) -> Spectrum:
     """Assemble a Spectrum, computing its flags."""
     flags = ((NONFINITE_FLUX if not finite.all() else 0)
              | (NONPOSITIVE_FLUX if np.any(flux[finite] <= 0) else 0)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxlasp.io._fits import FitsFile, fits_backend, open_fits, set_fits_backend
-from jaxlasp.io.desi import is_desi, read_desi
+from jaxlasp.io.desi import is_desi, read_desi, read_desi_native
 from jaxlasp.io.lamost import DEFAULT_WINDOW, Spectrum, SpectrumFileError, read_lamost
 
 __all__ = ["FileProbe", "Reader", "fits_backend", "get_reader", "is_lamost", "open_probe",
@@ -57,12 +57,15 @@ class FileProbe:
 @dataclass(frozen=True)
 class Reader:
     """A registered reader: ``read(path, window)`` → list of Spectrum; ``sniff(probe)`` → bool;
-    takes_file: ``read`` also accepts the open ``FitsFile`` in place of the path."""
+    takes_file: ``read`` also accepts the open ``FitsFile`` in place of the path.
+    native: None, or ``native(path, windows)`` → list of Spectrum on their own pixels
+    (``jaxlasp.grids.PixelGrid``), for files whose pixels are not LAMOST's lattice."""
 
     name: str
     read: Callable[[Path, tuple[float, float]], list[Spectrum]]
     sniff: Callable[[FileProbe], bool]
     takes_file: bool = False
+    native: Callable | None = None
 
 
 _READERS: dict[str, Reader] = {}
@@ -70,15 +73,18 @@ _READERS: dict[str, Reader] = {}
 
 
 def register_reader(name: str, reader: Callable, sniff: Callable[[FileProbe], bool], *,
-                    takes_file: bool = False) -> Reader:
+                    takes_file: bool = False, native: Callable | None = None) -> Reader:
     """Register (or replace) the reader ``name``; it is asked before those registered earlier.
 
     reader(path, window) returns the file's spectra as a list of ``Spectrum`` (window: (lo, hi)
     Å) and raises SpectrumFileError for a file it cannot read. sniff(probe) returns True when the
     reader takes the file described by a ``FileProbe``. takes_file: the reader also accepts, in
     place of the path, the FITS file detection opened (``probe.file``), and is given it.
+    native(path, windows): the file's spectra on their own pixels, cut to windows ((lo, hi), …
+    Å), for ``read_spectra(native=True)``; readers without it give their ln-λ spectra there too
+    (takes_file applies to it as well).
     """
-    entry = Reader(name, reader, sniff, takes_file)
+    entry = Reader(name, reader, sniff, takes_file, native)
     _READERS.pop(name, None)
     _READERS[name] = entry
     return entry
@@ -129,22 +135,30 @@ def reader_for(path) -> Reader:
         return _recognise(probe)
 
 
-def read_spectra(path, format: str = "auto",
-                 window: tuple[float, float] = DEFAULT_WINDOW) -> list[Spectrum]:
+def read_spectra(path, format: str = "auto", window: tuple[float, float] = DEFAULT_WINDOW, *,
+                 native: bool = False, windows=None) -> list[Spectrum]:
     """The spectra in the file at ``path``, truncated to ``window`` [Å].
 
     format: a registered reader's name, or "auto" to recognise the file (``reader_for``). The
-    file is opened once, for detection and reading together. Raises SpectrumFileError (naming
-    the file) for a file that cannot be read.
+    file is opened once, for detection and reading together. native: spectra on their own
+    pixels, cut to ``windows`` ((lo, hi), … Å; default ``[window]``), from readers that have a
+    native form (DESI); the others' spectra are on the lattice as without it (a LAMOST file's
+    pixels are the lattice). Raises SpectrumFileError (naming the file) for a file that cannot
+    be read.
     """
     window = tuple(window)
+
+    def read(reader: Reader, source):
+        if native and reader.native is not None:
+            return reader.native(source, tuple(windows or [window]))
+        return reader.read(source, window)
+
     if format != "auto" and not get_reader(format).takes_file:
-        return get_reader(format).read(Path(path), window)
+        return read(get_reader(format), Path(path))
     with open_probe(path) as probe:
         reader = _recognise(probe) if format == "auto" else get_reader(format)
-        if reader.takes_file and probe.file is not None:
-            return reader.read(probe.file, window)
-        return reader.read(Path(path), window)
+        return read(reader, probe.file if reader.takes_file and probe.file is not None
+                    else Path(path))
 
 
 def _recognise(probe: FileProbe) -> Reader:
@@ -178,4 +192,5 @@ def _read_lamost_file(source, window) -> list[Spectrum]:
 
 
 register_reader("lamost", _read_lamost_file, is_lamost, takes_file=True)
-register_reader("desi", read_desi, lambda probe: is_desi(probe.names), takes_file=True)
+register_reader("desi", read_desi, lambda probe: is_desi(probe.names), takes_file=True,
+                native=read_desi_native)

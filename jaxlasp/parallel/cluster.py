@@ -53,6 +53,7 @@ from jaxlasp.pipeline import (
     normalise,
     parts_folder,
     prepare_model,
+    prepare_models,
     run_options,
 )
 
@@ -88,7 +89,7 @@ def _worker_model(model: str, options: FitOptions):
     """The forward model on the worker, built once per (model, options) per process (with the
     persistent compilation cache unless $JAXLASP_COMPILE_CACHE turns it off)."""
     cache_as_configured()
-    return prepare_model(model, options)
+    return prepare_models(model, options)
 
 
 def _worker_address() -> str:
@@ -110,9 +111,9 @@ def fit_chunk(paths: list[str], model, options: FitOptions, part: str,
     from astropy.table import vstack
 
     t0 = time.perf_counter()
-    fm = (_worker_model(str(model), options) if isinstance(model, (str, Path))
-          else prepare_model(model, options))
-    tables = [normalise(table) for _, table in fit_paths(fm, paths, options, skip)]
+    models = (_worker_model(str(model), options) if isinstance(model, (str, Path))
+              else prepare_models(model, options))
+    tables = [normalise(table) for _, table in fit_paths(models, paths, options, skip)]
     table = (vstack(tables, metadata_conflicts="silent") if tables
              else normalise(make_table([], empty_columns(0), [])))
     table.meta["complete_paths"] = list(paths)
