@@ -17,6 +17,7 @@ onto the observed pixels (``observe``): the model is resampled, never the data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 import jax
@@ -40,7 +41,7 @@ from jaxlasp.spectral.continuum import (
     polynomial_tangents,
     segment_basis,
 )
-from jaxlasp.spectral.resample import resample
+from jaxlasp.spectral.resample import ResamplingPlan, apply_plan, resample, resampling_plan
 
 MU, SIGMA, LN_TEFF, LOGG, FEH = range(5)
 """Indices into the parameter vector θ."""
@@ -160,9 +161,13 @@ def observe(fm: ForwardModel, values):
     without native pixels, else resampled per segment (flux-conserving, exact bin means)."""
     if fm.pixels is None:
         return values
-    parts = [resample(values, fm.grid.edges, edges, np.diff(edges), fm.edges)
-             for edges in fm.pixels.segment_edges]
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    return apply_plan(values, fm.grid.edges, _plan(fm.grid, fm.pixels, fm.edges))
+
+
+@lru_cache(maxsize=16)
+def _plan(grid: LogGrid, pixels: PixelGrid, edges: str) -> ResamplingPlan:
+    """The ``ResamplingPlan`` from ``grid`` onto native ``pixels`` (worked out once per pair)."""
+    return resampling_plan(grid.edges, pixels.segment_edges, edges)
 
 
 def lattice_view(fm: ForwardModel, flux, weights):

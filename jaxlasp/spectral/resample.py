@@ -6,7 +6,10 @@ output bin. The operation is linear in the input flux.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax.numpy as jnp
+import numpy as np
 
 EDGE_MODES = ("extrapolate", "clip")
 
@@ -39,3 +42,47 @@ def resample(flux, in_edges, out_edges, out_widths, edges: str = "extrapolate"):
     lo, hi = cumulative[..., upper - 1], cumulative[..., upper]
     at_edges = lo + frac * (hi - lo)
     return jnp.diff(at_edges, axis=-1) / out_widths
+
+
+class ResamplingPlan(NamedTuple):
+    """``resample`` from fixed input bins onto fixed output bins in segments, worked out once
+    (numpy): the cumulative integral's interpolation at every segment's edges (``upper``,
+    ``frac``: (E,)), and per output pixel the edges that bound it (``lower_edge``, ``upper_edge``
+    (n_out,) indices into those E edges) and its width [Å]."""
+
+    upper: np.ndarray
+    frac: np.ndarray
+    lower_edge: np.ndarray
+    upper_edge: np.ndarray
+    widths: np.ndarray
+
+
+def resampling_plan(in_edges, segments, edges: str = "extrapolate") -> ResamplingPlan:
+    """The ``ResamplingPlan`` from bins ``in_edges`` (n_in+1,) onto output bins given as one
+    increasing array of edges per segment [Å] (segments may overlap one another); ``edges`` as
+    in ``resample``."""
+    if edges not in EDGE_MODES:
+        raise ValueError(f"edges must be one of {EDGE_MODES}, not {edges!r}")
+    in_edges = np.asarray(in_edges, np.float64)
+    out = np.concatenate([np.asarray(s, np.float64) for s in segments])
+    if edges == "clip":
+        out = np.clip(out, in_edges[0], in_edges[-1])
+    n_in = in_edges.size - 1
+    upper = np.clip(np.searchsorted(in_edges, out, side="right"), 1, n_in)
+    frac = (out - in_edges[upper - 1]) / np.diff(in_edges)[upper - 1]
+    starts = np.cumsum([0] + [len(s) for s in segments[:-1]])
+    lower_edge = np.concatenate([start + np.arange(len(s) - 1)
+                                 for start, s in zip(starts, segments)])
+    widths = np.concatenate([np.diff(np.asarray(s, np.float64)) for s in segments])
+    return ResamplingPlan(upper, frac, lower_edge, lower_edge + 1, widths)
+
+
+def apply_plan(flux, in_edges, plan: ResamplingPlan):
+    """``resample`` of flux densities (..., n_in) by a ``ResamplingPlan``: (..., n_out)."""
+    cumulative = jnp.cumsum(flux * jnp.asarray(np.diff(np.asarray(in_edges, np.float64)),
+                                               flux.dtype), axis=-1)
+    cumulative = jnp.concatenate([jnp.zeros_like(cumulative[..., :1]), cumulative], axis=-1)
+    lo, hi = cumulative[..., plan.upper - 1], cumulative[..., plan.upper]
+    at_edges = lo + jnp.asarray(plan.frac, flux.dtype) * (hi - lo)
+    return ((at_edges[..., plan.upper_edge] - at_edges[..., plan.lower_edge])
+            / jnp.asarray(plan.widths, flux.dtype))
