@@ -51,23 +51,21 @@ def main(argv=None) -> int:
         simulate,
         write_mock_desi,
     )
-    from jaxlasp.model import DEFAULT_HALFWIDTH, build_forward_model, kernel_grid
+    from jaxlasp.model import auto_oversample, build_forward_model
 
     emulator = load(args.model)
     lo, hi = emulator.grid.edges[0] + 0.5, emulator.grid.edges[-1] - 0.5
     waves = desi_camera_waves(lo, hi)
     pixels = desi_pixels(waves)
-    lattice = kernel_grid(emulator.grid, pixels)       # the fits' own kernel grid, refined:
     k = args.oversample
-    fine = type(lattice)(lattice.ln_start - (k - 1) / 2 * lattice.step / k, lattice.step / k,
-                         lattice.n * k)
-    fm = build_forward_model(emulator, fine, pixels=pixels, halfwidth=DEFAULT_HALFWIDTH * k)
+    fm = build_forward_model(emulator, pixels=pixels, oversample=k)
     truth = draw_parameters(args.n, seed=args.seed, domain=emulator.domain)
     folder = Path(args.folder or tempfile.mkdtemp(prefix="jaxlasp-native-"))
     folder.mkdir(parents=True, exist_ok=True)
     cameras = ", ".join(f"{name} {w.size} px" for name, w in waves.items())
     print(f"# {args.n} mock stars, model {args.model} broadened at {k}× LAMOST's sampling, DESI "
-          f"cameras {cameras} (0.8 Å), fit "
+          f"cameras {cameras} (0.8 Å), native kernel grid {auto_oversample(pixels)}× the "
+          f"lattice's sampling, fit "
           f"window {args.window[0]:g}–{args.window[1]:g} Å, global start, profile errors, "
           "ivar weights", flush=True)
     for snr in args.snr:

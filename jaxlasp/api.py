@@ -38,6 +38,7 @@ from jaxlasp.model import (
     build_forward_model,
     fitted_pixels,
     observed_grid,
+    parameter_grid,
     theta_from_physical,
 )
 from jaxlasp.parallel.devices import device_mesh, run_sharded
@@ -358,7 +359,7 @@ def fit_spectrum_group(fm: ForwardModel, spectra, *, method: str = "lm", clean: 
     result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter,
                  devices=devices, errors=errors, timer=timer)
     with stage("columns"):
-        columns = fitted_columns(result, theta0, weights, fm.grid)
+        columns = fitted_columns(result, theta0, weights, parameter_grid(fm))
         input_flags = np.array([s.flags for s in spectra], np.int64) << INPUT_FLAG_SHIFT
         columns["flags"] = columns["flags"] | input_flags
         return columns, [describe_flags(f) for f in columns["flags"]]
@@ -434,7 +435,7 @@ def read_for_fit(path, grid: LogGrid, window, format: str = "auto", *, native: b
 def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=GLOBAL_START,
               window=None, weighting: str = "none", max_iter: int | None = None,
               devices: int | None = None, errors: str = "profile", mask=None,
-              mdegree: int = DEGREE, adegree: int = -1, segments=(), native: bool = False):
+              mdegree: int = DEGREE, adegree: int = -1, segments=(), native: bool = True):
     """Fit spectrum files (LAMOST DR9/DR10, DESI coadds, … see ``jaxlasp.io.read_spectra``);
     returns an astropy Table with one row per spectrum, in input order.
 
@@ -445,10 +446,11 @@ def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=GL
     ``fit_arrays``. ``mask``: wavelength intervals ((lo, hi), … [Å]) left out of every fit.
     ``mdegree``, ``adegree``: the polynomials' degrees, and ``segments``, as in ``fit_arrays``;
     ``window`` (default 4200–5700 Å) is the span of the segments when they are given.
-    ``native``: fit spectra on their own pixels where the reader has them (DESI: each camera a
-    segment with its own polynomial, inside the window or each of ``segments``; the model is
-    resampled onto the pixels, not the data onto LAMOST's lattice; ``jaxlasp.model``); files
-    on the lattice (LAMOST) are fitted as without it.
+    ``native`` (default): fit spectra on their own pixels where the reader has them (DESI: each
+    camera a segment with its own polynomial, inside the window or each of ``segments``; the
+    model is resampled onto the pixels, not the data onto LAMOST's lattice; ``jaxlasp.model``);
+    False: join and resample DESI cameras onto the lattice, as before native pixels. Files on
+    the lattice (LAMOST) are fitted the same either way.
     For many files use ``jaxlasp.pipeline.run`` (groups, progress, resume).
     """
     check_method(method)

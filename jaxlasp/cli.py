@@ -118,11 +118,12 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
                         help="wavelength intervals [Å] left out of the fit (pixels whose centre "
                              "lies inside), or a file of them: two columns lo hi, one interval "
                              "a line, '#' comments")
-    parser.add_argument("--native", action="store_true",
-                        help="fit spectra on their own pixels where the reader has them (DESI: "
-                             "each camera a segment with its own polynomial; the model is "
-                             "resampled onto the pixels instead of the data onto LAMOST's "
-                             "lattice); LAMOST files are fitted as without it")
+    parser.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
+                        help="fit spectra on their own pixels where the reader has them (the "
+                             "default; DESI: each camera a segment with its own polynomial, the "
+                             "model resampled onto the pixels); --no-native joins DESI cameras "
+                             "onto LAMOST's lattice as before. LAMOST files are the same either "
+                             "way")
     parser.add_argument("--mdegree", type=_int_at_least(0, "--mdegree"), default=50, metavar="N",
                         help="degree of the multiplicative Legendre polynomial (default 50, "
                              "PyLASP's)")
@@ -515,7 +516,13 @@ def cmd_plot(args) -> int:
         result_columns,
     )
     from jaxlasp.grids import PixelGrid, lamost_fit_grid, window_note
-    from jaxlasp.model import build_forward_model, components, fitted_pixels, observed_grid
+    from jaxlasp.model import (
+        build_forward_model,
+        components,
+        fitted_pixels,
+        observed_grid,
+        parameter_grid,
+    )
     from jaxlasp.plot import plot_fit
 
     catalog = None
@@ -550,7 +557,7 @@ def cmd_plot(args) -> int:
                            observed_grid(fm))[0] * fitted_pixels(fm)
     result = fit(fm, initial_points(args.start, 1, fm), flux[None], weights[None],
                  method=args.method, clean=args.clean, max_iter=None, errors=args.errors)
-    row = {k: v[0] for k, v in result_columns(result, fm.grid).items()}
+    row = {k: v[0] for k, v in result_columns(result, parameter_grid(fm)).items()}
     label = f"{args.method}{' + Clean' if args.clean else ''} fit"
     if catalog_row is not None:
         label += f", as in {Path(args.from_catalog).name}"

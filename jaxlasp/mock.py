@@ -40,6 +40,7 @@ from jaxlasp.model import (
     broadened,
     build_forward_model,
     n_pixels,
+    parameter_grid,
     theta_from_physical,
 )
 from jaxlasp.spectral.broaden import SIGMA_FLOOR, kernel_fits
@@ -244,7 +245,8 @@ def _check_truth(fm: ForwardModel, truth: MockTruth, theta: np.ndarray) -> None:
         raise ValueError(f"star {i} (Teff {truth.teff[i]:g} K, log g {truth.logg[i]:g}, [Fe/H] "
                          f"{truth.feh[i]:g}) lies outside the model's domain Teff {dom.teff} K, "
                          f"log g {dom.logg}, [Fe/H] {dom.feh}")
-    wide = ~np.asarray(kernel_fits(theta[:, MU], theta[:, SIGMA], fm.halfwidth))
+    wide = ~np.asarray(kernel_fits(theta[:, MU] * fm.oversample, theta[:, SIGMA] * fm.oversample,
+                                   fm.halfwidth))
     if wide.any():
         i = int(np.flatnonzero(wide)[0])
         raise ValueError(f"star {i} (RV {truth.rv[i]:g} km/s, σ {truth.sigma[i]:g} km/s) needs "
@@ -318,7 +320,7 @@ def simulate(model: TGMEmulator | ForwardModel, truth: MockTruth, grid: LogGrid 
     fm = _forward_model(model, grid)
     npix = n_pixels(fm)
     truth = _as_truth(truth)
-    theta = truth.theta(fm.grid.step)
+    theta = truth.theta(parameter_grid(fm).step)
     _check_truth(fm, truth, theta)
     n = theta.shape[0]
     snr = _snr(snr, n)

@@ -10,12 +10,15 @@ Parameter vector θ (as LASP-CurveFit): [mu (pixels), sigma (pixels), ln Teff (l
 
 **Native pixels.** Observed pixels need not be the ln-λ lattice: with ``pixels`` (a
 ``PixelGrid``: any strictly increasing edges, in one or more segments such as a spectrograph's
-arms) the model is broadened on a ln-λ *kernel grid* (``grid``, LAMOST's lattice covering the
-pixels, so mu and sigma keep their meaning in its pixels) and then resampled, flux-conserving,
-onto the observed pixels (``observe``): the model is resampled, never the data.
+arms) the model is broadened on a ln-λ *kernel grid* (``grid``: LAMOST's lattice covering the
+pixels, each lattice pixel split into ``oversample`` equal ones where the observed pixels are
+finer than the lattice's) and then resampled, flux-conserving, onto the observed pixels
+(``observe``): the model is resampled, never the data. mu and sigma stay in LAMOST pixels
+(``parameter_grid``) whatever the kernel grid's step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -101,14 +104,16 @@ def span_degree(degree: int, ln_span: float) -> int:
 class LatticeView(NamedTuple):
     """How native pixels map onto the kernel grid's ln-λ pixels, for the global start.
 
-    index, overlap: (n_grid, K) the observed pixels overlapping each kernel-grid pixel and the
-    overlaps [Å] (0 off it); width: (n_grid,) the kernel-grid pixel widths [Å]; legendre: the
-    Legendre system of the scoring polynomial on the kernel grid."""
+    index, overlap: (n_lattice, K) the observed pixels overlapping each lattice pixel
+    (``parameter_grid``) and the overlaps [Å] (0 off it); width: (n_lattice,) the lattice
+    pixel widths [Å]; legendre: the Legendre system of the scoring polynomial on the lattice;
+    emulator: the emulator on the lattice pixels."""
 
     index: jax.Array
     overlap: jax.Array
     width: jax.Array
     legendre: LegendreSystem
+    emulator: TGMEmulator | LineListEmulator
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,11 @@ class ForwardModel:
     pixels: None (the observed pixels are ``grid``'s) or the native observed pixels
         (``PixelGrid``), onto which the broadened model is resampled; ``grid`` is then the
         kernel grid only.
-    view: with ``pixels``, the ``LatticeView`` that puts data onto ``grid`` for the global start.
+    view: with ``pixels``, the ``LatticeView`` that puts data onto the lattice for the global
+        start.
+    oversample: kernel-grid pixels per LAMOST-lattice pixel (1 but with finer native pixels);
+        ``halfwidth`` counts kernel-grid pixels, mu and sigma lattice pixels.
+    lattice: with ``oversample`` > 1, the lattice that ``grid`` refines (``parameter_grid``).
     """
 
     emulator: TGMEmulator | LineListEmulator
@@ -139,11 +148,29 @@ class ForwardModel:
     design: PolynomialDesign | None = None
     pixels: PixelGrid | None = None
     view: LatticeView | None = None
+    oversample: int = 1
+    lattice: LogGrid | None = None
 
 
 jax.tree_util.register_dataclass(
     ForwardModel, data_fields=["emulator", "legendre", "design", "view"],
-    meta_fields=["grid", "halfwidth", "edges", "pixels"])
+    meta_fields=["grid", "halfwidth", "edges", "pixels", "oversample", "lattice"])
+
+
+def parameter_grid(fm: ForwardModel) -> LogGrid:
+    """The ln-λ grid whose pixels mu and sigma count: ``fm.grid``, or the lattice it refines
+    when ``fm.oversample`` > 1 (its step converts them to km/s)."""
+    return fm.grid if fm.lattice is None else fm.lattice
+
+
+def refine(grid: LogGrid, k: int) -> LogGrid:
+    """``grid`` with each pixel split into ``k`` equal ln-λ pixels (same edges overall)."""
+    return LogGrid(grid.ln_start - 0.5 * (k - 1) * grid.step / k, grid.step / k, grid.n * k)
+
+
+def kernel_mean_width(fm: ForwardModel, theta):
+    """(mu, sigma) of θ in kernel-grid pixels."""
+    return theta[MU] * fm.oversample, theta[SIGMA] * fm.oversample
 
 
 def n_pixels(fm: ForwardModel) -> int:
@@ -188,9 +215,10 @@ def lattice_view(fm: ForwardModel, flux, weights):
 
 
 def lattice_model(fm: ForwardModel) -> ForwardModel:
-    """The forward model of the kernel grid's own pixels (no native pixels, one polynomial of
-    the view's degree): what the global start scores ``lattice_view`` data with."""
-    return ForwardModel(fm.emulator, fm.view.legendre, fm.grid, fm.halfwidth, fm.edges)
+    """The forward model of the lattice's own pixels (``parameter_grid``; no native pixels, one
+    polynomial of the view's degree): what the global start scores ``lattice_view`` data with."""
+    return ForwardModel(fm.view.emulator, fm.view.legendre, parameter_grid(fm),
+                        fm.halfwidth // fm.oversample, fm.edges)
 
 
 class Components(NamedTuple):
@@ -258,21 +286,31 @@ def kernel_grid(model: LinearGrid, pixels: PixelGrid, margin: int = DEFAULT_HALF
     return base.sub(first, last - first + 1)
 
 
-def native_view(grid: LogGrid, pixels: PixelGrid, degree: int, dtype) -> LatticeView:
-    """The ``LatticeView`` of native ``pixels`` onto ``grid`` (every segment's pixels that
-    overlap a grid pixel, numbered as in ``pixels``)."""
+def native_view(grid: LogGrid, pixels: PixelGrid, degree: int, emulator) -> LatticeView:
+    """The ``LatticeView`` of native ``pixels`` onto the lattice ``grid`` (every segment's pixels
+    that overlap a grid pixel, numbered as in ``pixels``), with ``emulator`` on ``grid``."""
+    dtype = emulator_dtype(emulator)
     bands = [band(edges, grid.edges) for edges in pixels.segment_edges]
     index = np.concatenate([b.index + first for b, (first, _) in zip(bands, pixels.ranges)], 1)
     overlap = np.concatenate([b.overlap for b in bands], axis=1)
     return LatticeView(jnp.asarray(index, jnp.int32), jnp.asarray(overlap, dtype),
-                       jnp.asarray(grid.widths, dtype), legendre_system(grid.n, degree, dtype))
+                       jnp.asarray(grid.widths, dtype), legendre_system(grid.n, degree, dtype),
+                       emulator)
+
+
+def auto_oversample(pixels: PixelGrid) -> int:
+    """Kernel-grid pixels per lattice pixel for native ``pixels``: the lattice pixel's width over
+    the narrowest observed pixel's, rounded up (1 for pixels as wide as LAMOST's or wider)."""
+    ratio = np.max(pixels.centres * LAMOST_LN_STEP / pixels.widths)
+    return max(1, math.ceil(ratio - 0.01))
 
 
 def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid | None = None,
                         *, edges: str = "extrapolate",
                         fold: bool = True, degree: int = DEGREE, adegree: int = -1,
                         segments=(), halfwidth: int = DEFAULT_HALFWIDTH,
-                        pixels: PixelGrid | None = None) -> ForwardModel:
+                        pixels: PixelGrid | None = None,
+                        oversample: int | None = None) -> ForwardModel:
     """Set up the forward model for observed grid ``grid`` (or native ``pixels``).
 
     The emulator is first cropped to the pixels covering the grid (plus one each side).
@@ -282,15 +320,18 @@ def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid 
     (−1: none, PyLASP; 0: a constant, …). segments: disjoint (lo, hi) [Å] windows inside
     ``grid``, each with its own polynomials (multiplicative degree ``segment_degree``); the
     pixels between them must get weight 0 (``jaxlasp.api.mask_weights`` does).
-    pixels: native observed pixels (``PixelGrid``; module docstring): ``grid`` is then the kernel
-    grid (default ``kernel_grid``), each of the pixels' segments gets its own polynomials (one
-    segment: of ``degree``; several: ``degree`` scaled to each one's ln-λ span) and ``segments``
-    must be empty (cut the pixels instead).
+    pixels: native observed pixels (``PixelGrid``; module docstring): ``grid`` is then the lattice
+    whose pixels mu and sigma count (default ``kernel_grid``), refined ``oversample`` times for
+    the kernel grid (default ``auto_oversample``; 1 when ``grid`` is given); each of the pixels'
+    segments gets its own polynomials (one segment: of ``degree``; several: ``degree`` scaled to
+    each one's ln-λ span) and ``segments`` must be empty (cut the pixels instead).
     """
     if pixels is not None:
         return _native_forward_model(emulator, grid, pixels, edges=edges, fold=fold,
                                      degree=degree, adegree=adegree, segments=segments,
-                                     halfwidth=halfwidth)
+                                     halfwidth=halfwidth, oversample=oversample)
+    if oversample not in (None, 1):
+        raise ValueError("oversample applies to native pixels only")
     if degree < 0 or adegree < -1:
         raise ValueError(f"polynomial degrees: multiplicative ≥ 0 and additive ≥ −1, not "
                          f"{degree} and {adegree}")
@@ -321,15 +362,20 @@ def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid 
 
 
 def _native_forward_model(emulator, grid, pixels: PixelGrid, *, segments, degree: int,
-                          adegree: int, **options) -> ForwardModel:
+                          adegree: int, halfwidth: int, oversample: int | None,
+                          **options) -> ForwardModel:
     """``build_forward_model`` for native ``pixels``."""
     if segments:
         raise ValueError("with native pixels the segments are the pixels' own: cut the pixels "
                          "to the windows instead of passing segments")
     if not isinstance(emulator.grid, LinearGrid):
         raise ValueError("the emulator must be on its own linear grid (as read from its file)")
-    grid = grid or kernel_grid(emulator.grid, pixels)
-    fm = build_forward_model(emulator, grid, degree=degree, **options)
+    k = oversample or (1 if grid is not None else auto_oversample(pixels))
+    lattice = build_forward_model(emulator, grid or kernel_grid(emulator.grid, pixels),
+                                  degree=degree, halfwidth=halfwidth, **options)
+    fm = (lattice if k == 1 else
+          build_forward_model(emulator, refine(lattice.grid, k), degree=0,
+                              halfwidth=halfwidth * k, **options))
     ranges = pixels.ranges
     if len(ranges) > 1 or adegree >= 0:
         spans = [float(np.log(e[-1] / e[0])) for e in pixels.segment_edges]
@@ -339,11 +385,12 @@ def _native_forward_model(emulator, grid, pixels: PixelGrid, *, segments, degree
             jnp.asarray(segment_basis(pixels.n, ranges, degrees), fm.legendre.basis.dtype),
             jnp.asarray(segment_basis(pixels.n, ranges, [adegree] * len(ranges)),
                         fm.legendre.basis.dtype))
-        legendre = fm.legendre
+        legendre = lattice.legendre
     else:
         design, legendre = None, legendre_system(pixels.n, degree, fm.legendre.basis.dtype)
-    view = native_view(grid, pixels, degree, fm.legendre.basis.dtype)
-    return ForwardModel(fm.emulator, legendre, grid, fm.halfwidth, fm.edges, design, pixels, view)
+    view = native_view(lattice.grid, pixels, degree, lattice.emulator)
+    return ForwardModel(fm.emulator, legendre, fm.grid, fm.halfwidth, fm.edges, design, pixels,
+                        view, k, lattice.grid if k > 1 else None)
 
 
 def emulate(fm: ForwardModel, teff, logg, feh):
@@ -361,7 +408,7 @@ def components(fm: ForwardModel, theta, flux, weights) -> Components:
     weights: (n,) 1/err² times the good-pixel mask (0 = pixel not used).
     """
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
-    convolved = observe(fm, broaden(resampled, theta[MU], theta[SIGMA], fm.halfwidth))
+    convolved = observe(fm, broaden(resampled, *kernel_mean_width(fm, theta), fm.halfwidth))
     if fm.design is None:
         coefs, polynomial = fit_multiplicative_polynomial(convolved, flux, weights, fm.legendre)
         additive = jnp.zeros_like(polynomial)
@@ -382,7 +429,7 @@ def residuals(fm: ForwardModel, theta, flux, weights):
 def broadened(fm: ForwardModel, theta):
     """The emulator spectrum broadened with (mu, sigma), on the observed pixels; shape (n,)."""
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
-    return observe(fm, broaden(resampled, theta[MU], theta[SIGMA], fm.halfwidth))
+    return observe(fm, broaden(resampled, *kernel_mean_width(fm, theta), fm.halfwidth))
 
 
 def residuals_and_jacobian(fm: ForwardModel, theta, flux, weights):
@@ -417,7 +464,7 @@ def model_flags(fm: ForwardModel, theta, comps: Components, weights):
     used = weights > 0
     return (
         ~fm.emulator.domain.contains(teff, theta[LOGG], theta[FEH]),
-        ~kernel_fits(theta[MU], theta[SIGMA], fm.halfwidth),
+        ~kernel_fits(*kernel_mean_width(fm, theta), fm.halfwidth),
         jnp.any(used & (comps.polynomial <= 0)),
         ~jnp.all(jnp.isfinite(comps.residuals)),
     )

@@ -109,7 +109,7 @@ class FitOptions:
     errors: str = "profile"
     readers: int | None = None
     reader_kind: str = "auto"
-    native: bool = False
+    native: bool = True
 
     def fit_window(self) -> tuple[float, float]:
         """The window read and fitted: the span of ``segments`` when given, else ``window``."""
@@ -151,7 +151,7 @@ def run_options(options: FitOptions, model) -> str:
         **({"segments": [list(pair) for pair in options.segments]} if options.segments else {}),
         **({"mdegree": options.mdegree} if options.mdegree != DEGREE else {}),
         **({"adegree": options.adegree} if options.adegree != -1 else {}),
-        **({"native": True} if options.native else {})},
+        "native": options.native},
         sort_keys=True)
 
 
@@ -171,17 +171,28 @@ def _file_digest(path: str) -> str:
 def check_same_options(tables, expected: str, output: Path) -> None:
     """Raise ValueError naming the differences when a table done earlier (catalog or part)
     was fitted with other options than ``expected`` (``run_options``); tables that predate the
-    record (or a CSV catalog, which keeps no metadata) are taken as they are."""
+    record (or a CSV catalog, which keeps no metadata) are taken as they are. A record from
+    before native pixels counts as ``native`` False when its table holds DESI rows (they were
+    joined onto the lattice), else as whatever is asked now (no other file has a native form)."""
     want = json.loads(expected)
     for table in tables:
         found = table.meta.get("options")
         if not found or found == expected:
             continue
         had = json.loads(found)
+        if "native" not in had:   # from before native pixels: DESI spectra were fitted joined
+            had["native"] = want.get("native") if not _has_native_rows(table) else False
         changes = [f"{k}: {had.get(k)!r} then, {want.get(k)!r} now"
                    for k in sorted(set(had) | set(want)) if had.get(k) != want.get(k)]
+        if not changes:
+            continue
         raise ValueError(f"{output} was started with other options ({'; '.join(changes)}); "
                          "resume with the same options, or write a new catalog")
+
+
+def _has_native_rows(table) -> bool:
+    """Whether a catalog table holds spectra of a reader with a native form (DESI: a TARGETID)."""
+    return "targetid" in table.colnames and bool(np.any(np.asarray(table["targetid"]) >= 0))
 
 
 class Record(NamedTuple):

@@ -16,6 +16,7 @@ from jaxlasp.emulators.demo import demo_emulator
 from jaxlasp.fit.driver import fit_batch
 from jaxlasp.fit.start import fit_multistart
 from jaxlasp.grids import LAMOST_AIR_GRID, PixelGrid, lamost_fit_grid
+from jaxlasp.io import read_spectra
 from jaxlasp.io.arrays import band, rebin
 from jaxlasp.io.catalog import read_catalog
 from jaxlasp.mock import (
@@ -26,6 +27,8 @@ from jaxlasp.mock import (
     write_mock_desi,
 )
 from jaxlasp.model import (
+    DEFAULT_HALFWIDTH,
+    auto_oversample,
     broadened,
     build_forward_model,
     emulate,
@@ -34,10 +37,11 @@ from jaxlasp.model import (
     lattice_view,
     n_pixels,
     observe,
+    parameter_grid,
     residuals,
     theta_from_physical,
 )
-from jaxlasp.pipeline import FitOptions, run
+from jaxlasp.pipeline import FitOptions, check_same_options, run, run_options
 from jaxlasp.spectral.broaden import TRUNCATION
 
 seeds = st.integers(0, 2**32 - 1)
@@ -98,6 +102,20 @@ def test_pixel_grid_segments_and_checks():
         PixelGrid(())
 
 
+def test_the_kernel_grid_is_refined_for_pixels_finer_than_the_lattice(emulator):
+    lattice_like = PixelGrid.from_log_grid(lamost_fit_grid(emulator.grid))
+    assert auto_oversample(lattice_like) == 1
+    assert auto_oversample(PixelGrid.from_edges(np.arange(4300.0, 5600.0, 0.8))) == 2
+    assert auto_oversample(PixelGrid.from_edges(np.arange(4300.0, 5600.0, 3.0))) == 1
+    fm = build_forward_model(emulator, pixels=PixelGrid.from_edges(np.arange(4300, 5600, 0.5)))
+    lattice = parameter_grid(fm)
+    assert fm.oversample == 3 and fm.grid.n == 3 * lattice.n
+    assert lattice.step == LAMOST_AIR_GRID.step and fm.halfwidth == 3 * DEFAULT_HALFWIDTH
+    np.testing.assert_allclose(fm.grid.edges[::3], lattice.edges, rtol=1e-13)
+    with pytest.raises(ValueError, match="native pixels only"):
+        build_forward_model(emulator, lamost_fit_grid(emulator.grid), oversample=2)
+
+
 def test_kernel_grid_covers_the_pixels_on_the_lattice(emulator):
     pixels = PixelGrid.from_edges(np.linspace(4500.0, 4600.0, 51), np.linspace(4550, 4700, 31))
     grid = kernel_grid(emulator.grid, pixels, margin=5)
@@ -130,20 +148,23 @@ def test_native_pixels_equal_to_the_lattice_give_the_lattice_model(emulator):
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=seeds, n=sizes, two=st.booleans())
-def test_native_broadening_matches_numpy(emulator, kernel, seed, n, two):
+@given(seed=seeds, n=sizes, two=st.booleans(), k=st.sampled_from([1, 3]))
+def test_native_broadening_matches_numpy(emulator, kernel, seed, n, two, k):
     """``broadened`` on random irregular pixels (one segment, or two overlapping ones) equals
-    broadening on the kernel grid in numpy followed by explicit overlap integrals."""
+    broadening on the kernel grid (the lattice, or each lattice pixel split in k) in numpy,
+    with mu and σ in lattice pixels, followed by explicit overlap integrals."""
     grid, _ = kernel
     rng = np.random.default_rng(seed)
     segments = ([random_pixels(rng, n, 4350.0, 5000.0), random_pixels(rng, n // 2, 4900, 5550)]
                 if two else [random_pixels(rng, n, 4350.0, 5550.0)])
-    native = build_forward_model(emulator, grid, pixels=PixelGrid.from_edges(*segments))
+    native = build_forward_model(emulator, grid, pixels=PixelGrid.from_edges(*segments),
+                                 oversample=k)
+    assert native.grid.n == k * grid.n and parameter_grid(native) == grid
     theta = theta_from_physical(rng.uniform(4000, 9000), rng.uniform(1, 5), rng.uniform(-2, 0.5),
                                 rng.uniform(-300, 300), rng.uniform(0.6, 4.0))
     flux = np.asarray(emulate(native, math.exp(theta[2]), theta[3], theta[4]))
-    on_kernel = numpy_broaden(flux, theta[0], theta[1], native.halfwidth)
-    expected = np.concatenate([overlap_mean(on_kernel, grid.edges, e) for e in segments])
+    on_kernel = numpy_broaden(flux, k * theta[0], k * theta[1], native.halfwidth)
+    expected = np.concatenate([overlap_mean(on_kernel, native.grid.edges, e) for e in segments])
     np.testing.assert_allclose(broadened(native, jnp.asarray(theta)), expected, rtol=1e-10)
 
 
@@ -207,7 +228,7 @@ def test_native_fits_recover_mock_stars_on_two_arms(arms):
     in_first, in_second = basis[a0:a1].any(axis=0), basis[b0:b1].any(axis=0)
     assert not np.any(in_first & in_second) and in_first.sum() > 10 and in_second.sum() > 10
     result = fit_multistart(fm, mock.flux, mock.weights)
-    truth = mock.truth.theta(fm.grid.step)
+    truth = mock.truth.theta(parameter_grid(fm).step)
     err = np.sqrt(np.diagonal(np.asarray(result.covariance), axis1=1, axis2=2))
     pull = (np.asarray(result.theta) - truth) / err
     assert np.all(np.asarray(result.converged))
@@ -247,7 +268,7 @@ def desi_mock(tmp_path_factory, emulator):
 def test_a_desi_file_fitted_natively_by_the_api_and_the_pipeline(desi_mock, emulator, tmp_path):
     path, mock, fm = desi_mock
     window = (5310.0, 6490.0)
-    options = {"start": (6000.0, 4.0, -0.3), "errors": "laplace"}
+    options = {"start": "global", "errors": "laplace"}
     table = fit_files([path], emulator, window=window, native=True, **options)
     truth = mock.truth
     for name, true in (("teff", truth.teff), ("logg", truth.logg), ("feh", truth.feh)):
@@ -256,12 +277,29 @@ def test_a_desi_file_fitted_natively_by_the_api_and_the_pipeline(desi_mock, emul
     inside = (fm.pixels.centres >= window[0]) & (fm.pixels.centres <= window[1])
     assert np.all(table["n_pixels"] == inside.sum())
     catalog = tmp_path / "native.ecsv"
-    run([path], emulator, catalog, FitOptions(window=window, native=True, group_size=8,
+    run([path], emulator, catalog, FitOptions(window=window, native=True, group_size=6,
                                               start=options["start"], errors="laplace"),
         quiet=True)
     rows = read_catalog(catalog)
     for name in ("rv", "teff", "logg", "feh", "teff_err", "n_pixels"):
         np.testing.assert_allclose(rows[name], table[name], rtol=1e-6, err_msg=name)
     assert json.loads(rows.meta["options"])["native"] is True
-    joined = fit_files([path], emulator, window=window, **options)
-    assert np.all(joined["n_pixels"] < table["n_pixels"])        # lattice pixels are wider
+    joined = read_spectra(path, window=window)[0]                # lattice pixels are wider
+    assert not isinstance(joined.grid, PixelGrid) and joined.grid.n < table["n_pixels"][0]
+
+
+def test_catalogs_from_before_native_pixels_resume_unless_they_hold_desi_rows(tmp_path):
+    """A catalog stamped before ``native`` existed: LAMOST rows resume under the native default
+    (LAMOST files have no native form), DESI rows (fitted joined then) do not."""
+    from astropy.table import Table
+
+    now = run_options(FitOptions(), "demo")
+    old = json.loads(now)
+    del old["native"]
+    lamost = Table({"id": ["a"], "targetid": [-1]}, meta={"options": json.dumps(old)})
+    desi = Table({"id": ["b"], "targetid": [39627745484341489]},
+                 meta={"options": json.dumps(old)})
+    check_same_options([lamost], now, tmp_path / "c.ecsv")
+    with pytest.raises(ValueError, match="native: False then, True now"):
+        check_same_options([lamost, desi], now, tmp_path / "c.ecsv")
+    check_same_options([desi], run_options(FitOptions(native=False), "demo"), tmp_path / "c")

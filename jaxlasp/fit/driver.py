@@ -16,7 +16,14 @@ from jaxlasp.compile_cache import program
 from jaxlasp.fit import lm, minpack
 from jaxlasp.fit.clean import clean, masked_std
 from jaxlasp.fit.schedule import run_compacted
-from jaxlasp.model import SIGMA, ForwardModel, components, model_flags, residuals_and_jacobian
+from jaxlasp.model import (
+    SIGMA,
+    ForwardModel,
+    components,
+    model_flags,
+    parameter_grid,
+    residuals_and_jacobian,
+)
 from jaxlasp.spectral.broaden import RESOLVED_SIGMA, SIGMA_FLOOR
 
 MAX_CLEAN = 10
@@ -72,7 +79,7 @@ def parameter_box(fm: ForwardModel):
     dom = fm.emulator.domain
     lower = np.array([-MU_LIMIT, SIGMA_FLOOR, math.log(dom.teff[0]), dom.logg[0], dom.feh[0]])
     upper = np.array([MU_LIMIT, SIGMA_LIMIT, math.log(dom.teff[1]), dom.logg[1], dom.feh[1]])
-    if fm.halfwidth < MU_LIMIT + 5 * SIGMA_LIMIT:
+    if fm.halfwidth < (MU_LIMIT + 5 * SIGMA_LIMIT) * fm.oversample:
         raise ValueError(f"kernel half-width {fm.halfwidth} px is too small for the parameter box")
     return lower, upper
 
@@ -296,7 +303,7 @@ def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = Fals
     batch = theta0.shape[0]
     zeros = jnp.zeros(batch, int)
     if path == "curvefit":
-        theta0 = theta0.at[:, SIGMA].set(curvefit_start_sigma(fm.grid.step))
+        theta0 = theta0.at[:, SIGMA].set(curvefit_start_sigma(parameter_grid(fm).step))
         if use_clean:
             outcome = run_clean_schedule(fm, theta0, flux, weights, ftol=ftol, xtol=xtol,
                                          max_iter=max_iter, path=path)
