@@ -75,12 +75,18 @@ def markdown(title: str, results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def mock_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the mock-star tables: --model, --n, --snr, --seed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="elodie")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--snr", type=float, nargs="+", default=[20.0, 50.0])
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = mock_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
 
     from jaxlasp.api import fit_arrays

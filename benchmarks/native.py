@@ -21,22 +21,17 @@ the pixels fitted and the wall time of the call (compilation included). Markdown
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from masks import PARAMETERS, load, markdown, summary
+from masks import PARAMETERS, load, markdown, mock_parser, summary
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="elodie")
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--snr", type=float, nargs="+", default=[20.0, 50.0])
-    parser.add_argument("--seed", type=int, default=0)
+    parser = mock_parser(__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, nargs=2, default=[4210.0, 5690.0])
     parser.add_argument("--folder", default=None, help="where the mock files go (default: temp)")
     parser.add_argument("--oversample", type=int, default=8,
