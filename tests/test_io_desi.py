@@ -262,6 +262,17 @@ def test_native_spectra_keep_the_cameras_pixels(desi_file):
     assert np.all(lamost_weights(spectra[2], "none") == 1)   # no dropped last pixel
 
 
+def test_a_fully_masked_native_spectrum_is_flagged_not_refused(tmp_path):
+    path = write_desi(tmp_path / "coadd.fits")
+    with fits.open(path, mode="update") as hdul:
+        hdul["B_IVAR"].data[1] = 0.0
+    spectra = read_spectra(path, native=True)
+    assert len(spectra) == 3 and spectra[1].flags & FEW_GOOD_PIXELS
+    assert not spectra[1].finite.any() and spectra[1].median == 1.0
+    assert np.all(lamost_weights(spectra[1], "ivar") == 0)
+    assert spectra[0].flags & FEW_GOOD_PIXELS == 0
+
+
 def test_native_segments_are_per_camera_and_window(desi_file):
     spectra = read_desi_native(desi_file, windows=((5000.0, 6000.0), (7600.0, 9000.0)))
     grid = spectra[0].grid

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from jaxlasp.api import fit_files
 from jaxlasp.emulators.demo import demo_emulator
 from jaxlasp.fit.driver import fit_batch
-from jaxlasp.fit.start import fit_multistart
 from jaxlasp.grids import LAMOST_AIR_GRID, PixelGrid, lamost_fit_grid
 from jaxlasp.io import read_spectra
 from jaxlasp.io.arrays import band, rebin
@@ -210,48 +209,6 @@ def test_native_models_refuse_segments_and_far_pixels(emulator):
 
 
 @pytest.fixture(scope="module")
-def arms(emulator):
-    """Two overlapping 'arms' on their own linear grids (0.5 and 0.8 Å pixels) and mock spectra
-    made on them natively: the model broadened on the lattice, then resampled onto the arms."""
-    pixels = PixelGrid.from_edges(np.arange(4300.0, 5000.0, 0.5), np.arange(4900.0, 5600.0, 0.8))
-    fm = build_forward_model(emulator, pixels=pixels)
-    truth = draw_parameters(12, seed=11, teff=(4200.0, 8000.0))
-    return fm, simulate(fm, truth, snr=50, seed=12)
-
-
-@pytest.mark.slow
-def test_native_fits_recover_mock_stars_on_two_arms(arms):
-    """Global start + LM on native pixels: within 4σ of the truth (errors from the profile)."""
-    fm, mock = arms
-    basis = np.asarray(fm.design.multiplicative) != 0       # a polynomial per arm
-    (a0, a1), (b0, b1) = fm.pixels.ranges
-    in_first, in_second = basis[a0:a1].any(axis=0), basis[b0:b1].any(axis=0)
-    assert not np.any(in_first & in_second) and in_first.sum() > 10 and in_second.sum() > 10
-    result = fit_multistart(fm, mock.flux, mock.weights)
-    truth = mock.truth.theta(parameter_grid(fm).step)
-    err = np.sqrt(np.diagonal(np.asarray(result.covariance), axis1=1, axis2=2))
-    pull = (np.asarray(result.theta) - truth) / err
-    assert np.all(np.asarray(result.converged))
-    assert np.all(np.abs(pull) < 4.0), pull
-    assert np.mean(np.abs(pull) < 2.0) > 0.8
-
-
-@pytest.mark.slow
-def test_an_arm_scaled_by_a_constant_changes_nothing(arms):
-    """Each arm has its own multiplicative polynomial: calibrating one arm differently (× 1.7)
-    gives the same parameters, to the fit's tolerance."""
-    fm, mock = arms
-    scaled, weights = mock.flux.copy(), mock.weights.copy()
-    first, stop = fm.pixels.ranges[1]
-    scaled[:, first:stop] *= 1.7
-    weights[:, first:stop] /= 1.7**2      # the same S/N: the errors scale with the flux
-    start = np.tile(theta_from_physical(6000.0, 4.0, -0.3), (len(scaled), 1))
-    a = fit_batch(fm, start, mock.flux, mock.weights)
-    b = fit_batch(fm, start, scaled, weights)
-    np.testing.assert_allclose(b.theta, a.theta, rtol=0, atol=1e-6)
-
-
-@pytest.fixture(scope="module")
 def desi_mock(tmp_path_factory, emulator):
     """A DESI coadd file of mock stars made natively on the B and R cameras' own 0.8 Å pixels,
     5300–6500 Å (the cameras overlap at 5760–5800 Å)."""
@@ -265,6 +222,25 @@ def desi_mock(tmp_path_factory, emulator):
 
 
 @pytest.mark.slow
+def test_a_camera_scaled_by_a_constant_changes_nothing(desi_mock):
+    """Each camera has its own multiplicative polynomial: calibrating one differently (× 1.7)
+    gives the same parameters, to the fit's tolerance."""
+    _, mock, fm = desi_mock
+    basis = np.asarray(fm.design.multiplicative) != 0       # a polynomial per camera
+    (a0, a1), (b0, b1) = fm.pixels.ranges
+    in_first, in_second = basis[a0:a1].any(axis=0), basis[b0:b1].any(axis=0)
+    assert not np.any(in_first & in_second) and in_first.sum() > 10 and in_second.sum() > 10
+    scaled, weights = mock.flux.copy(), mock.weights.copy()
+    first, stop = fm.pixels.ranges[1]
+    scaled[:, first:stop] *= 1.7
+    weights[:, first:stop] /= 1.7**2      # the same S/N: the errors scale with the flux
+    start = np.tile(theta_from_physical(6000.0, 4.0, -0.3), (len(scaled), 1))
+    a = fit_batch(fm, start, mock.flux, mock.weights)
+    b = fit_batch(fm, start, scaled, weights)
+    np.testing.assert_allclose(b.theta, a.theta, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_a_desi_file_fitted_natively_by_the_api_and_the_pipeline(desi_mock, emulator, tmp_path):
     path, mock, fm = desi_mock
     window = (5310.0, 6490.0)
@@ -274,6 +250,7 @@ def test_a_desi_file_fitted_natively_by_the_api_and_the_pipeline(desi_mock, emul
     for name, true in (("teff", truth.teff), ("logg", truth.logg), ("feh", truth.feh)):
         pull = (np.asarray(table[name]) - true) / np.asarray(table[f"{name}_err"])
         assert np.all(np.abs(pull) < 4.0), (name, pull)
+        assert np.mean(np.abs(pull) < 2.0) >= 0.8, (name, pull)
     inside = (fm.pixels.centres >= window[0]) & (fm.pixels.centres <= window[1])
     assert np.all(table["n_pixels"] == inside.sum())
     catalog = tmp_path / "native.ecsv"
@@ -284,8 +261,13 @@ def test_a_desi_file_fitted_natively_by_the_api_and_the_pipeline(desi_mock, emul
     for name in ("rv", "teff", "logg", "feh", "teff_err", "n_pixels"):
         np.testing.assert_allclose(rows[name], table[name], rtol=1e-6, err_msg=name)
     assert json.loads(rows.meta["options"])["native"] is True
-    joined = read_spectra(path, window=window)[0]                # lattice pixels are wider
+    joined = read_spectra(path, window=window, native=False)[0]   # lattice pixels are wider
     assert not isinstance(joined.grid, PixelGrid) and joined.grid.n < table["n_pixels"][0]
+    masked = fit_files([path], emulator, window=window, mask=[(5700.0, 5850.0)], **options)
+    in_mask = inside & (fm.pixels.centres >= 5700.0) & (fm.pixels.centres <= 5850.0)
+    (a0, a1), (b0, b1) = fm.pixels.ranges
+    assert in_mask[a0:a1].sum() > 100 and in_mask[b0:b1].sum() > 100   # both cameras there
+    assert np.all(masked["n_pixels"] == inside.sum() - in_mask.sum())
 
 
 def test_catalogs_from_before_native_pixels_resume_unless_they_hold_desi_rows(tmp_path):
