@@ -340,7 +340,7 @@ def empty_columns(n: int) -> dict[str, np.ndarray]:
 def fit_spectrum_group(fm: ForwardModel, spectra, *, method: str = "lm", clean: bool = False,
                 start=DEFAULT_START, weighting: str = "none", max_iter: int | None = None,
                 devices: int | None = None, errors: str = "laplace", mask=None, timer=None):
-    """Fit spectra already cut to ``fm.grid`` (``LamostSpectrum``-like) as one batch (split over
+    """Fit spectra already cut to ``fm.grid`` (or on ``fm.pixels``, native) as one batch (split over
     ``devices`` local devices, None: all). ``mask``: pixels left out (``mask_weights``: wavelength
     intervals, or a boolean array (n,) or (b, n) on ``fm.grid``). ``timer``: a
     ``jaxlasp.timing.StageClock`` that gets the time of each stage (prepare, start, fit, clean,

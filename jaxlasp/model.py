@@ -123,7 +123,8 @@ class ForwardModel:
     emulator: a TGM emulator (coefficients on the model's own grid, or already resampled onto
         ``grid``) or a line-list emulator (``jaxlasp.emulators.lines``, on its own grid).
     legendre: Legendre polynomials at PyLASP's nodes and their product rule.
-    grid: the observed ln-λ grid (static).
+    grid: the observed ln-λ grid (static); with native ``pixels``, the kernel grid the model is
+        broadened on.
     halfwidth: static kernel half-width [pixels].
     edges: resampling edge convention ("extrapolate" or "clip"), used when the emulator is still
         on its own grid.
@@ -198,10 +199,10 @@ def _plan(grid: LogGrid, pixels: PixelGrid, edges: str) -> ResamplingPlan:
 
 
 def lattice_view(fm: ForwardModel, flux, weights):
-    """(flux, weights) of one spectrum on native pixels (n,) put onto the kernel grid
-    (grid.n,): each kernel pixel the overlap-weighted mean of the used pixels under it, with the
-    inverse variance of that mean (``jaxlasp.io.arrays.rebin``'s rule, weights as 1/σ²); weight
-    0 where used pixels cover less than half of it."""
+    """(flux, weights) of one spectrum on native pixels (n,) put onto the lattice
+    (``parameter_grid``): each lattice pixel the overlap-weighted mean of the used pixels under
+    it, with the inverse variance of that mean (``jaxlasp.io.arrays.rebin``'s rule, weights as
+    1/σ²); weight 0 where used pixels cover less than half of it."""
     view = fm.view
     used = weights[view.index] > 0
     share = jnp.where(used, view.overlap, 0.0)
@@ -269,7 +270,8 @@ def fold_resampling(emulator: TGMEmulator, grid: LogGrid,
 def kernel_grid(model: LinearGrid, pixels: PixelGrid, margin: int = DEFAULT_HALFWIDTH) -> LogGrid:
     """The LAMOST-lattice pixels (``LAMOST_AIR_GRID`` continued) from ``margin`` pixels below to
     ``margin`` above the native ``pixels``, inside the model's coverage ``model`` [Å]: where the
-    model is broadened before it is resampled onto ``pixels``.
+    model is broadened before it is resampled onto ``pixels`` (each pixel split by ``refine``
+    when the pixels are finer).
 
     ValueError when the pixels reach beyond the model's coverage by more than a lattice pixel."""
     base = LAMOST_AIR_GRID
