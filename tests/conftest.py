@@ -12,6 +12,16 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Each test compiles most programs for shapes of its own, where exporting programs
 # (compile_cache.program) costs more than it saves: XLA's cache only, unless a test says so.
 os.environ.setdefault("JAXLASP_COMPILE_CACHE", "xla")
+# The suite compiles hundreds of programs and runs each on a few spectra, so XLA's compile time
+# is most of its time: XLA's CPU compiler with its older loop emitters compiles the LM program
+# ~30 % faster (and runs it ~20 % slower: benchmarks/lm_cpu.py with XLA_FLAGS set). The tests'
+# subprocesses inherit it.
+# JAXLASP_TEST_FAST_COMPILE=0 runs the suite with the compiler settings users get. (Optimisation
+# level 0 would halve the compile time again, but its round-off differs: MINPACK's path and the
+# PyLASP reruns then leave their tolerances.)
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false"
+     if os.environ.get("JAXLASP_TEST_FAST_COMPILE", "1") != "0" else ""]).strip()
 
 from pathlib import Path
 
