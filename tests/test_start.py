@@ -216,6 +216,25 @@ def test_mode_weights_count_a_minimum_once_and_skip_failures():
     np.testing.assert_allclose(mode_weights(equal, used, 3)[0], [0.5, 0.0, 0.5])
 
 
+@pytest.mark.slow
+def test_mode_weights_one_minimum_of_a_noise_free_spectrum():
+    """Candidates of one minimum of a noise-free spectrum (the demo model's star 13 of
+    ``truth``): errors at round-off (~1e-15) and positions that differ by ~1e-12 are one
+    minimum, not four (they were flagged multimodal when XLA's round-off changed)."""
+    theta = np.tile([4.064413459284, 0.828553700152, 8.578070879545, 2.01249149052,
+                     -2.209887718205], (4, 1))
+    theta[2, 3] += 1e-12
+    theta[1, 0] -= 3e-13
+    loss = np.array([4.3e-16, 2.53e-16, 2.6e-15, 2.528e-16])
+    used = jnp.ones((4, 1005), bool)
+    result = candidates(theta, loss, 1e-15)
+    np.testing.assert_allclose(mode_weights(result, used, 4)[0], [0.0, 0.0, 0.0, 1.0])
+    assert float(mode_spread(result, used, 4)[1][0]) == 0.0
+    theta[1, 2] += 1e-6                  # a millionth of ln Teff away: a distinct minimum
+    split = np.asarray(mode_weights(candidates(theta, loss, 1e-15), used, 4)[0])
+    assert split[1] > 0.0 and split[3] > 0.0
+
+
 # ---------------------------------------------------------------- global start
 
 @pytest.mark.slow

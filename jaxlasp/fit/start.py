@@ -90,7 +90,7 @@ from jaxlasp.spectral.broaden import SIGMA_FLOOR, TRUNCATION, pad_edges
 from jaxlasp.spectral.continuum import cholesky_lower, legendre_nodes
 
 START_SIGMA = 1.0
-"""Broadening σ [pixels] of the grid nodes (the σ of ``jaxlasp.api.start_points``)."""
+"""Broadening σ [pixels] of the grid nodes (the σ of ``jaxlasp.groups.inputs.start_points``)."""
 TEFF_RANGE = (3200.0, 28000.0)
 """Teff span of the default grid [K], clipped to the model's domain."""
 TEFF_NODES = 16
@@ -101,6 +101,10 @@ FEH_NODES = (-1.75, -0.75, 0.25)
 """[Fe/H] nodes [dex]: halo, thick disc, thin disc."""
 MULTIMODAL_MASS = 0.01
 """Posterior mass in minima other than the winner's from which a fit is flagged ``multimodal``."""
+THETA_RESOLUTION = 1e-10
+"""Distance [× (1 + |θ|), per parameter] below which two candidates are one minimum whatever
+their errors: the xtol of PyLASP's No Clean fit. Noise-free spectra have errors at round-off
+(~1e-15), below the ~1e-12 by which fits of one minimum from different starts differ."""
 LOGG_SEPARATION = 1.0
 """Least log g distance [dex] of the log g alternative from the best node (the default nodes are
 1.75 dex apart)."""
@@ -466,7 +470,8 @@ def mode_weights(result: FitResult, used, n_best: int):
     consecutive candidates per spectrum; used: (b·n_best, n) pixels each fit could use.
 
     A candidate gets weight 0 when it failed (any of ``FAILURES``) or lies inside a lower-loss
-    candidate's minimum (every parameter within that one's error), so that a minimum counts once.
+    candidate's minimum (every parameter within that one's error, or within ``THETA_RESOLUTION``
+    of it where the error is smaller: a noise-free spectrum's), so that a minimum counts once.
     Δχ² = (M − 5)·(loss²/loss²_min − 1): χ² differences in units of the winner's reduced χ²,
     the scale of its covariance (M: the winner's used pixels).
     """
@@ -481,7 +486,8 @@ def mode_weights(result: FitResult, used, n_best: int):
     lower = (loss2[:, :, None] < loss2[:, None, :]) | (
         (loss2[:, :, None] == loss2[:, None, :]) & (order[:, None] < order[None, :]))
     error = jnp.sqrt(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)))
-    inside = jnp.all(jnp.abs(theta[:, :, None] - theta[:, None, :]) < error[:, :, None], axis=-1)
+    reach = jnp.maximum(error, THETA_RESOLUTION * (1.0 + jnp.abs(theta)))
+    inside = jnp.all(jnp.abs(theta[:, :, None] - theta[:, None, :]) < reach[:, :, None], axis=-1)
     ok = ok & ~jnp.any(lower & inside & ok[:, :, None], axis=1)
     best = jnp.argmin(loss2, axis=1)
     n_used = jnp.take_along_axis(rows(jnp.sum(used & result.mask, axis=1)), best[:, None], 1)
