@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxlasp  # noqa: F401  (float64)
-from jaxlasp.api import DEFAULT_START, start_points
+from jaxlasp.api import DEFAULT_START
 from jaxlasp.fit import adam
 from jaxlasp.grids import lamost_fit_grid
+from jaxlasp.groups.inputs import start_points
 from jaxlasp.io.pylasp_group import read_pylasp_group
 from jaxlasp.model import build_forward_model
 

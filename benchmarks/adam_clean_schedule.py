@@ -29,10 +29,12 @@ import jax
 import numpy as np
 
 import jaxlasp  # noqa: F401  (float64)
-from jaxlasp.api import DEFAULT_START, lamost_weights, result_columns, start_points
+from jaxlasp.api import DEFAULT_START
 from jaxlasp.fit import adam
 from jaxlasp.fit.driver import fit_batch
 from jaxlasp.grids import lamost_fit_grid
+from jaxlasp.groups.columns import result_columns
+from jaxlasp.groups.inputs import lamost_weights, start_points
 from jaxlasp.io import cut_to_grid, read_lamost, read_tgm
 from jaxlasp.mock import draw_parameters, simulate
 from jaxlasp.model import build_forward_model

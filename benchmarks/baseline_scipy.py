@@ -28,8 +28,9 @@ import scipy.optimize
 from sample import load_sample
 
 import jaxlasp  # noqa: F401  (float64)
-from jaxlasp.api import DEFAULT_START, start_points
+from jaxlasp.api import DEFAULT_START
 from jaxlasp.fit.driver import fit_batch
+from jaxlasp.groups.inputs import start_points
 from jaxlasp.model import LN_TEFF
 from jaxlasp.testing import NumpyForwardModel, fit_least_squares
 

@@ -48,7 +48,8 @@ def import_revision(rev: str, where: Path):
 
 def problem(package, size: int):
     """(forward model, θ₀, flux, weights) for ``size`` spectra with the given package version."""
-    from jaxlasp.api import DEFAULT_START, start_points
+    from jaxlasp.api import DEFAULT_START
+    from jaxlasp.groups.inputs import start_points
 
     driver = importlib.import_module(package.__name__ + ".fit.driver")
     group = importlib.import_module(package.__name__ + ".io.pylasp_group")

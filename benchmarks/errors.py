@@ -19,9 +19,11 @@ import numpy as np
 from sample import load_sample
 
 import jaxlasp  # noqa: F401  (float64)
-from jaxlasp.api import DEFAULT_START, result_columns, start_points
+from jaxlasp.api import DEFAULT_START
 from jaxlasp.fit.driver import fit_batch
 from jaxlasp.fit.errors import FAST_ITERATIONS, PROFILE_STEP, profile_errors
+from jaxlasp.groups.columns import result_columns
+from jaxlasp.groups.inputs import start_points
 
 
 def timed(fn, repeats: int) -> tuple[float, float, object]:

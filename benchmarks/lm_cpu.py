@@ -22,8 +22,9 @@ import numpy as np
 from sample import load_sample
 
 import jaxlasp  # noqa: F401  (float64)
-from jaxlasp.api import DEFAULT_START, start_points
+from jaxlasp.api import DEFAULT_START
 from jaxlasp.fit.driver import PATHS, SLOTS, fit_batch
+from jaxlasp.groups.inputs import start_points
 
 
 def main():

@@ -115,7 +115,8 @@ def curve_fit_share(indices: list[int]) -> int:
     from baseline_scipy import curve_fit_one
     from sample import load_sample
 
-    from jaxlasp.api import DEFAULT_START, start_points
+    from jaxlasp.api import DEFAULT_START
+    from jaxlasp.groups.inputs import start_points
     from jaxlasp.testing import NumpyForwardModel
 
     emulator, fm, flux, weights = load_sample(max(indices) + 1)

@@ -30,10 +30,11 @@ import numpy as np
 from sample import load_sample
 
 import jaxlasp  # noqa: F401  (float64)
-from jaxlasp.api import DEFAULT_START, start_points
+from jaxlasp.api import DEFAULT_START
 from jaxlasp.fit.driver import MULTIMODAL, fit_batch
 from jaxlasp.fit.errors import profile_errors
 from jaxlasp.fit.start import fit_multistart
+from jaxlasp.groups.inputs import start_points
 
 STAGES = ("start", "fit", "clean", "errors")
 

@@ -73,10 +73,11 @@ import jax
 import numpy as np
 
 import jaxlasp  # noqa: F401  (float64)
-from jaxlasp.api import result_columns, start_points
 from jaxlasp.fit.driver import AT_BOUND, FAILURES
 from jaxlasp.fit.start import fit_multistart, fit_one_method, global_start
 from jaxlasp.grids import lamost_fit_grid
+from jaxlasp.groups.columns import result_columns
+from jaxlasp.groups.inputs import start_points
 from jaxlasp.mock import MockTruth, draw_parameters, simulate
 from jaxlasp.model import build_forward_model
 

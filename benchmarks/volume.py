@@ -5,15 +5,15 @@ Usage: python benchmarks/volume.py [--sizes 1000 10000 100000] [--group 256] [--
 
 Spectra: mock spectra (``jaxlasp.mock``: parameters drawn over the model's domain, random smooth
 continuum, Gaussian noise at ``--snr``), generated group by group with the group's index as seed
-and streamed through one compiled fit of ``--group`` spectra (``jaxlasp.api.fit``: LM, the start
-``--start``), the way the pipeline streams files. Per size: seconds spent fitting (mock generation
-is timed separately and left out), spectra/s, the share that converged, and the process's peak
-resident memory (a high-water mark, so read the sizes in increasing order: memory that does not
-grow with N is the point). Before the runs, XLA's memory analysis of the compiled LM program
-(``driver.run_lm``: arguments + outputs + temporaries) for several batch sizes gives the device
-memory per spectrum. With ``--progress K`` a running row (spectra so far, fit s, spectra/s, the
-share converged, peak RSS) is printed every K spectra of a size, so a run of 10⁶ spectra shows its
-trend as it goes and one cut short still leaves its figures.
+and streamed through one compiled fit of ``--group`` spectra (``jaxlasp.groups.fitting.fit``: LM,
+the start ``--start``), the way the pipeline streams files. Per size: seconds spent fitting (mock
+generation is timed separately and left out), spectra/s, the share that converged, and the
+process's peak resident memory (a high-water mark, so read the sizes in increasing order: memory
+that does not grow with N is the point). Before the runs, XLA's memory analysis of the compiled LM
+program (``driver.run_lm``: arguments + outputs + temporaries) for several batch sizes gives the
+device memory per spectrum. With ``--progress K`` a running row (spectra so far, fit s, spectra/s,
+the share converged, peak RSS) is printed every K spectra of a size, so a run of 10⁶ spectra shows
+its trend as it goes and one cut short still leaves its figures.
 """
 from __future__ import annotations
 
@@ -27,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxlasp  # noqa: F401  (float64)
-from jaxlasp.api import fit, initial_points, load_model
+from jaxlasp.api import load_model
 from jaxlasp.fit.driver import SLOTS, run_lm
 from jaxlasp.grids import lamost_fit_grid
+from jaxlasp.groups.fitting import fit
+from jaxlasp.groups.inputs import initial_points
 from jaxlasp.mock import draw_parameters, simulate
 from jaxlasp.model import build_forward_model
 

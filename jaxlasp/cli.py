@@ -506,16 +506,10 @@ def _options_from_catalog(args, options: dict) -> None:
 def cmd_plot(args) -> int:
     import jax.numpy as jnp
 
-    from jaxlasp.api import (
-        describe_flags,
-        fit,
-        initial_points,
-        lamost_weights,
-        mask_weights,
-        read_for_fit,
-        result_columns,
-    )
     from jaxlasp.grids import PixelGrid, lamost_fit_grid, window_note
+    from jaxlasp.groups.columns import describe_flags, result_columns
+    from jaxlasp.groups.fitting import fit
+    from jaxlasp.groups.inputs import initial_points, lamost_weights, mask_weights, read_for_fit
     from jaxlasp.model import (
         build_forward_model,
         components,

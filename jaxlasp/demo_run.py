@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlasp.api import DEFAULT_START, describe_flags, fit, make_table, result_columns, start_points
 from jaxlasp.emulators.demo import demo_emulator
 from jaxlasp.grids import lamost_fit_grid
+from jaxlasp.groups.columns import describe_flags, make_table, result_columns
+from jaxlasp.groups.fitting import fit
+from jaxlasp.groups.inputs import DEFAULT_START, start_points
 from jaxlasp.io.catalog import write_catalog
 from jaxlasp.mock import draw_parameters, simulate
 from jaxlasp.model import build_forward_model

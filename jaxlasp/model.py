@@ -321,7 +321,7 @@ def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid 
     degree: the multiplicative polynomial's degree (PyLASP: 50); adegree: the additive one's
     (−1: none, PyLASP; 0: a constant, …). segments: disjoint (lo, hi) [Å] windows inside
     ``grid``, each with its own polynomials (multiplicative degree ``segment_degree``); the
-    pixels between them must get weight 0 (``jaxlasp.api.mask_weights`` does).
+    pixels between them must get weight 0 (``jaxlasp.groups.inputs.mask_weights`` does).
     pixels: native observed pixels (``PixelGrid``; module docstring): ``grid`` is then the lattice
     whose pixels mu and sigma count (default ``kernel_grid``), refined ``oversample`` times for
     the kernel grid (default ``auto_oversample``; 1 when ``grid`` is given); each of the pixels'

@@ -38,24 +38,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxlasp.api import (
+from jaxlasp.fit.errors import check_errors
+from jaxlasp.grids import LogGrid, PixelGrid, lamost_fit_grid, window_note
+from jaxlasp.groups.columns import (
     COLUMNS,
-    DEMO_MODEL,
     DESCRIPTIONS,
-    GLOBAL_START,
     INTEGER_COLUMNS,
     READ_ERROR,
     UNITS,
-    check_method,
     empty_columns,
-    fit_spectrum_group,
-    initial_points,
-    load_model,
     make_table,
-    read_for_fit,
 )
-from jaxlasp.fit.errors import check_errors
-from jaxlasp.grids import LogGrid, PixelGrid, lamost_fit_grid, window_note
+from jaxlasp.groups.fitting import check_method, fit_spectrum_group
+from jaxlasp.groups.inputs import DEMO_MODEL, GLOBAL_START, initial_points, load_model, read_for_fit
 from jaxlasp.io import get_reader
 from jaxlasp.io.catalog import check_writable, read_catalog, temporary_files, write_catalog
 from jaxlasp.io.lamost import SURVEY_KEYS, file_stem
@@ -270,7 +265,7 @@ def expand_inputs(paths: Iterable) -> list[Path]:
 def read_records(path: Path, grid: LogGrid, window, format: str = "auto", *,
                  native: bool = False, segments=()) -> list[Record]:
     """The catalog records of one input file: one per spectrum, or one saying why none
-    (``native``, ``segments``: as ``jaxlasp.api.read_for_fit``)."""
+    (``native``, ``segments``: as ``jaxlasp.groups.inputs.read_for_fit``)."""
     reads = read_for_fit(path, grid, window, format, native=native, segments=segments)
     return [Record(str(path), r.id, r.spectrum, r.reason, k == len(reads) - 1)
             for k, r in enumerate(reads)]

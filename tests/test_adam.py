@@ -49,8 +49,8 @@ def test_projection_keeps_x_in_box():
 
 @pytest.fixture(scope="module")
 def data(elodie):
-    from jaxlasp.api import lamost_weights, start_points
     from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.groups.inputs import lamost_weights, start_points
     from jaxlasp.io import cut_to_grid, read_lamost
     from jaxlasp.model import build_forward_model
 
@@ -71,8 +71,8 @@ def adam_fit(data):
 @pytest.mark.slow
 def test_spectrum_mode_reaches_the_lm_solution(data, adam_fit):
     """Measured: |Δ| ≤ 0.05 LM errors in RV, Teff, log g, [Fe/H] (in ≤ 125 Adam steps)."""
-    from jaxlasp.api import result_columns
     from jaxlasp.fit.driver import fit_batch
+    from jaxlasp.groups.columns import result_columns
 
     fm, grid, theta0, flux, weights = data
     result, group_loss = adam_fit

@@ -15,11 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlasp.api import DEFAULT_START, result_columns, start_points
+from jaxlasp.api import DEFAULT_START
 from jaxlasp.emulators.demo import demo_emulator
 from jaxlasp.fit import adam
 from jaxlasp.fit.driver import MAX_CLEAN, fit_batch
 from jaxlasp.grids import lamost_fit_grid
+from jaxlasp.groups.columns import result_columns
+from jaxlasp.groups.inputs import start_points
 from jaxlasp.mock import draw_parameters, simulate
 from jaxlasp.model import build_forward_model
 

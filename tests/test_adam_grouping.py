@@ -26,8 +26,9 @@ NOISE = 0.01
 
 @pytest.fixture(scope="module")
 def spectra(elodie):
-    from jaxlasp.api import DEFAULT_START, lamost_weights, start_points
+    from jaxlasp.api import DEFAULT_START
     from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.groups.inputs import lamost_weights, start_points
     from jaxlasp.io import cut_to_grid, read_lamost
     from jaxlasp.model import build_forward_model
 

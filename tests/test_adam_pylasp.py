@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from conftest import GROUP, SAMPLE, need
 
-from jaxlasp.api import make_table, result_columns, start_points
 from jaxlasp.compare import (
     PYLASP_COLUMNS,
     QUANTITIES,
@@ -27,6 +26,8 @@ from jaxlasp.compare import (
     read_pylasp_csv,
 )
 from jaxlasp.fit import adam
+from jaxlasp.groups.columns import make_table, result_columns
+from jaxlasp.groups.inputs import start_points
 
 FIT_PIXELS_DROPPED = 2
 """PyLASP-Adam leaves pixels N−2 and N−1 out of the Legendre fit and the loss (§i.4)."""

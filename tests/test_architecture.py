@@ -21,6 +21,7 @@ LAYERS = (
     ("model", ("jaxlasp.model",)),
     ("fit", ("jaxlasp.fit", "jaxlasp.fit.*")),
     ("mocks and references", ("jaxlasp.mock", "jaxlasp.testing")),
+    ("groups", ("jaxlasp.groups", "jaxlasp.groups.*")),
     ("api", ("jaxlasp.api",)),
     ("runs", ("jaxlasp.pipeline", "jaxlasp.demo_run", "jaxlasp.compare")),
     ("cluster", ("jaxlasp.parallel.cluster",)),

@@ -137,8 +137,9 @@ def test_one_step_errors_agree_with_two_steps_on_lamost():
     (1.2 % seen, log g) and never above; the median ratio within 0.1 % of 1."""
     from conftest import GROUP, need
 
-    from jaxlasp.api import DEFAULT_START, start_points
+    from jaxlasp.api import DEFAULT_START
     from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.groups.inputs import start_points
     from jaxlasp.io.pylasp_group import read_pylasp_group
     from jaxlasp.model import build_forward_model
 

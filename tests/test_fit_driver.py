@@ -94,9 +94,9 @@ def test_degenerate_solution_is_flagged(elodie):
     fit is also flagged undersampled (σ < RESOLVED_SIGMA)."""
     import jax.numpy as jnp
 
-    from jaxlasp.api import lamost_weights, start_points
     from jaxlasp.fit.driver import DEGENERATE, UNDERSAMPLED, fit_batch
     from jaxlasp.grids import lamost_fit_grid
+    from jaxlasp.groups.inputs import lamost_weights, start_points
     from jaxlasp.io import cut_to_grid, read_lamost
     from jaxlasp.model import SIGMA, build_forward_model
 

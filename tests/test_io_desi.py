@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from jaxlasp.api import lamost_weights
 from jaxlasp.grids import LAMOST_AIR_GRID, LinearGrid, PixelGrid, lamost_fit_grid
+from jaxlasp.groups.inputs import lamost_weights
 from jaxlasp.io import FEW_GOOD_PIXELS, SpectrumFileError, cut_to_grid, read_desi, read_spectra
 from jaxlasp.io.arrays import lattice_grid
 from jaxlasp.io.desi import read_desi_native

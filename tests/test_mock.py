@@ -344,7 +344,7 @@ def test_fit_recovers_the_truth():
 
 
 def test_mock_files_are_read_back_onto_the_mock_grid(fm, tmp_path):
-    from jaxlasp.api import read_for_fit
+    from jaxlasp.groups.inputs import read_for_fit
     from jaxlasp.mock import write_mock_files
 
     mock = simulate(fm, draw_parameters(3, seed=2, domain=fm.emulator.domain), snr=40.0, seed=1,

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxlasp.api import start_points
 from jaxlasp.emulators.tgm import ELODIE32_DOMAIN, Domain
 from jaxlasp.fit.driver import (
     DEGENERATE,
@@ -50,6 +49,7 @@ from jaxlasp.fit.start import (
     shifted_nodes,
     start_candidates,
 )
+from jaxlasp.groups.inputs import start_points
 from jaxlasp.mock import draw_parameters, simulate
 from jaxlasp.model import LN_TEFF, LOGG, MU, broadened, residuals
 

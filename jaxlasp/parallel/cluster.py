@@ -32,8 +32,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxlasp.api import empty_columns, load_model, make_table
 from jaxlasp.compile_cache import cache_as_configured
+from jaxlasp.groups.columns import empty_columns, make_table
+from jaxlasp.groups.inputs import load_model
 from jaxlasp.io.catalog import write_catalog
 from jaxlasp.io.lamost import file_stem
 from jaxlasp.io.lock import catalog_lock
