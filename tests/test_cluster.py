@@ -15,7 +15,7 @@ distributed = pytest.importorskip(
     "distributed", reason="dask.distributed is an optional extra: pip install 'jaxlasp[cluster]'")
 from jaxlasp.parallel.cluster import chunk_part_name, run_cluster  # noqa: E402
 
-N_SPECTRA = 200
+N_SPECTRA = 100
 OPTIONS = FitOptions(start=(5500.0, 4.0, 0.0), group_size=25, weighting="ivar")
 """A fixed start keeps compilation short; groups of 25 = chunks of 25 files."""
 NUMERIC = ("rv", "rv_err", "teff", "teff_err", "logg", "logg_err", "feh", "feh_err", "sigma",
