@@ -411,8 +411,9 @@ def test_start_candidates_equal_the_per_node_reference(fm, spectra):
 
 @pytest.mark.slow
 def test_fit_multistart_timer_stages(fm, spectra):
-    """timer: the stages in order, each entered once, and the same result as without it."""
-    flux, weights = (a[N:N + 4] for a in spectra)
+    """timer: the stages in order, each entered once, and the same result as without it (the
+    whole batch of ``fits``: its programs are compiled once)."""
+    flux, weights = spectra
     entered = []
 
     @contextlib.contextmanager
