@@ -16,6 +16,7 @@ from jaxlasp.groups.columns import (
     empty_columns,
     fitted_columns,
     make_table,
+    put_rows,
 )
 from jaxlasp.groups.fitting import check_method, fit, fit_spectrum_group
 from jaxlasp.groups.inputs import (
@@ -47,7 +48,7 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
                method: str = "lm", clean: bool = False, start=GLOBAL_START,
                max_iter: int | None = None, devices: int | None = None,
                errors: str = "profile", mask=None, mdegree: int = DEGREE, adegree: int = -1,
-               segments=()):
+               segments=(), segment_broadening: bool = False):
     """Fit spectra already on one observed grid; returns an astropy Table (one row per spectrum).
 
     flux: (b, n) flux (any scale: the multiplicative polynomial absorbs it).
@@ -75,7 +76,9 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
     squares. segments: disjoint (lo, hi) [Å] windows fitted jointly (shared RV, Teff, log g,
     [Fe/H]), each with its own polynomials (multiplicative degree ``mdegree`` scaled to its
     length, ``jaxlasp.model.segment_degree``); the pixels between them are left out. The default
-    grid then spans the segments.
+    grid then spans the segments. segment_broadening: each segment gets its own broadening σ
+    (segments of different resolution); the table gains columns "sigma_2", … ("sigma" is the
+    first segment's).
     """
     check_method(method)
     emulator = load_model(model)
@@ -86,7 +89,8 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
         raise ValueError(f"flux has {flux.shape[1]} pixels but the grid has {grid.n}")
     weights = np.ones_like(flux) if weights is None else np.broadcast_to(weights, flux.shape)
     ids = [str(i) for i in range(len(flux))] if ids is None else list(ids)
-    fm = build_forward_model(emulator, grid, degree=mdegree, adegree=adegree, segments=segments)
+    fm = build_forward_model(emulator, grid, degree=mdegree, adegree=adegree, segments=segments,
+                             segment_broadening=segment_broadening)
     weights = mask_weights(weights, mask, grid) * fitted_pixels(fm)
     theta0 = initial_points(start, len(flux), fm)
     result = fit(fm, theta0, flux, weights, method=method, clean=clean, max_iter=max_iter,
@@ -98,7 +102,8 @@ def fit_arrays(flux, model, *, weights=None, ids=None, grid: LogGrid | None = No
 def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=GLOBAL_START,
               window=None, weighting: str = "none", max_iter: int | None = None,
               devices: int | None = None, errors: str = "profile", mask=None,
-              mdegree: int = DEGREE, adegree: int = -1, segments=(), native: bool = True):
+              mdegree: int = DEGREE, adegree: int = -1, segments=(), native: bool = True,
+              segment_broadening: bool = False):
     """Fit spectrum files (LAMOST DR9/DR10, DESI coadds, … see ``jaxlasp.io.read_spectra``);
     returns an astropy Table with one row per spectrum, in input order.
 
@@ -107,8 +112,10 @@ def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=GL
     window) gets a row of NaNs with ``converged = False``, flag ``READ_ERROR`` and the reason;
     the others are fitted as one batch. ``errors``: "profile" or "laplace" (PyLASP's), as in
     ``fit_arrays``. ``mask``: wavelength intervals ((lo, hi), … [Å]) left out of every fit.
-    ``mdegree``, ``adegree``: the polynomials' degrees, and ``segments``, as in ``fit_arrays``;
-    ``window`` (default 4200–5700 Å) is the span of the segments when they are given.
+    ``mdegree``, ``adegree``: the polynomials' degrees, and ``segments`` and
+    ``segment_broadening``, as in ``fit_arrays`` (a σ for each segment: each of ``segments``, or
+    each camera of native pixels); ``window`` (default 4200–5700 Å) is the span of the segments
+    when they are given.
     ``native`` (default): fit spectra on their own pixels where the reader has them (DESI: each
     camera a segment with its own polynomial, inside the window or each of ``segments``; the
     model is resampled onto the pixels, not the data onto LAMOST's lattice; ``jaxlasp.model``);
@@ -122,14 +129,16 @@ def fit_files(paths, model, *, method: str = "lm", clean: bool = False, start=GL
              for r in read_for_fit(p, grid, window, native=native, segments=segments)]
     return _fit_reads(reads, emulator, grid, segments, method=method, clean=clean, start=start,
                       weighting=weighting, max_iter=max_iter, devices=devices, errors=errors,
-                      mask=mask, mdegree=mdegree, adegree=adegree)
+                      mask=mask, mdegree=mdegree, adegree=adegree,
+                      segment_broadening=segment_broadening)
 
 
 def fit_spectra(wavelength, flux=None, ivar=None, *, model, pixel_mask=None, vacuum: bool = False,
                 ids=None, method: str = "lm", clean: bool = False, start=GLOBAL_START,
                 window=None, weighting: str = "none", max_iter: int | None = None,
                 devices: int | None = None, errors: str = "profile", mask=None,
-                mdegree: int = DEGREE, adegree: int = -1, segments=(), native: bool = False):
+                mdegree: int = DEGREE, adegree: int = -1, segments=(), native: bool = False,
+                segment_broadening: bool = False):
     """Fit spectra given as arrays on their own wavelength grids; returns the Table of
     ``fit_files`` (one row per spectrum).
 
@@ -161,7 +170,8 @@ def fit_spectra(wavelength, flux=None, ivar=None, *, model, pixel_mask=None, vac
                  for id_, arrays in zip(ids, inputs)]
     return _fit_reads(reads, emulator, grid, segments, method=method, clean=clean, start=start,
                       weighting=weighting, max_iter=max_iter, devices=devices, errors=errors,
-                      mask=mask, mdegree=mdegree, adegree=adegree)
+                      mask=mask, mdegree=mdegree, adegree=adegree,
+                      segment_broadening=segment_broadening)
 
 
 def _spectrum_inputs(wavelength, flux, ivar, pixel_mask) -> list[tuple]:
@@ -254,7 +264,7 @@ def _fit_setup(model, window, segments):
 
 
 def _fit_reads(reads, emulator, grid: LogGrid, segments, *, mdegree: int, adegree: int,
-               **options):
+               segment_broadening: bool, **options):
     """The Table of ``reads`` (ReadResults): the readable ones fitted with ``options``
     (``fit_spectrum_group``'s), one batch per pixel grid (those on ``grid``, and each native
     ``PixelGrid``), the others as failure rows."""
@@ -266,12 +276,11 @@ def _fit_reads(reads, emulator, grid: LogGrid, segments, *, mdegree: int, adegre
             batches.setdefault(own if isinstance(own, PixelGrid) else None, []).append(i)
     columns = empty_columns(len(reads))
     for pixels, ok in batches.items():
-        fm = (build_forward_model(emulator, grid, degree=mdegree, adegree=adegree,
-                                  segments=segments) if pixels is None
-              else build_forward_model(emulator, pixels=pixels, degree=mdegree, adegree=adegree))
+        polynomials = dict(degree=mdegree, adegree=adegree, segment_broadening=segment_broadening)
+        fm = (build_forward_model(emulator, grid, segments=segments, **polynomials)
+              if pixels is None else build_forward_model(emulator, pixels=pixels, **polynomials))
         fitted, fit_reasons = fit_spectrum_group(fm, [reads[i].spectrum for i in ok], **options)
-        for name, values in fitted.items():
-            columns[name][ok] = values
+        put_rows(columns, ok, fitted)
         for k, i in enumerate(ok):
             reasons[i] = fit_reasons[k]
     return make_table([r.id for r in reads], columns, reasons)

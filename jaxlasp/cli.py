@@ -124,6 +124,11 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
                              "model resampled onto the pixels); --no-native joins DESI cameras "
                              "onto LAMOST's lattice as before. LAMOST files are the same either "
                              "way")
+    parser.add_argument("--segment-broadening", action="store_true",
+                        help="a Gaussian broadening of its own for each segment (each of "
+                             "--segments, or each camera of native pixels: arms of different "
+                             "resolution); the catalog gains sigma_2, ... ('sigma' is the first "
+                             "segment's)")
     parser.add_argument("--mdegree", type=_int_at_least(0, "--mdegree"), default=50, metavar="N",
                         help="degree of the multiplicative Legendre polynomial (default 50, "
                              "PyLASP's)")
@@ -362,7 +367,7 @@ def cmd_fit(args) -> int:
                          max_iter=args.max_iter, group_size=args.group_size,
                          format=args.format, devices=args.devices, errors=args.errors,
                          readers=args.readers, reader_kind=args.reader_kind,
-                         native=args.native)
+                         native=args.native, segment_broadening=args.segment_broadening)
     log.info("model: %s", source)
     try:
         if args.scheduler or args.dask_workers:
@@ -490,7 +495,8 @@ def _catalog_row(table, catalog_path, spectrum_id: str, path: str):
 
 def _options_from_catalog(args, options: dict) -> None:
     """Set the fit arguments of ``args`` to the options a catalog recorded (its run's)."""
-    for key in ("method", "clean", "errors", "weighting", "mdegree", "adegree", "native"):
+    for key in ("method", "clean", "errors", "weighting", "mdegree", "adegree", "native",
+                "segment_broadening"):
         if key in options:
             setattr(args, key, options[key])
     if "start" in options:
@@ -527,8 +533,10 @@ def cmd_plot(args) -> int:
     if not isinstance(args.start, str):
         check_domain(emulator, *args.start, "--start")
     window = fit_window_of(args)
+    polynomials = dict(degree=args.mdegree, adegree=args.adegree,
+                       segment_broadening=args.segment_broadening)
     fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, window),
-                             degree=args.mdegree, adegree=args.adegree, segments=args.segments)
+                             segments=args.segments, **polynomials)
     if note := window_note(fm.grid, window):
         log.warning("%s", note)
     reads = read_for_fit(Path(args.spectrum), fm.grid, window, args.format, native=args.native,
@@ -543,8 +551,7 @@ def cmd_plot(args) -> int:
                    _catalog_row(catalog, args.from_catalog, spectrum.id, args.spectrum))
     segments = args.segments
     if isinstance(spectrum.grid, PixelGrid):   # on its own pixels: each arm a segment
-        fm = build_forward_model(emulator, pixels=spectrum.grid, degree=args.mdegree,
-                                 adegree=args.adegree)
+        fm = build_forward_model(emulator, pixels=spectrum.grid, **polynomials)
         segments = [(float(e[0]), float(e[-1])) for e in spectrum.grid.segment_edges]
     flux = spectrum.normalised_flux()
     weights = mask_weights(lamost_weights(spectrum, args.weighting)[None], args.mask or None,
@@ -565,7 +572,7 @@ def cmd_plot(args) -> int:
     title = (f"{spectrum.id} ({label})\nRV {row['rv']:.2f} ± {row['rv_err']:.2f} km/s, "
              f"Teff {row['teff']:.0f} ± {row['teff_err']:.0f} K, log g {row['logg']:.3f} ± "
              f"{row['logg_err']:.3f}, [Fe/H] {row['feh']:.3f} ± {row['feh_err']:.3f}; "
-             f"{_reduced_chi2(flux, comps, used, noise)}loss {row['loss']:.4g}, "
+             f"{_reduced_chi2(flux, comps, used, noise, theta.size)}loss {row['loss']:.4g}, "
              f"{int(row['n_pixels'])} pixels, {int(row['n_clean'])} rejected by Clean; {flags}")
     plot_fit(observed_grid(fm).centres, flux, comps, used, title, args.output, masked=args.mask,
              segments=segments, noise=noise)
@@ -573,12 +580,13 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def _reduced_chi2(flux, comps, used, noise) -> str:
-    """'χ²/dof X, ' against the file's noise (IVAR) over the pixels used, with the 5 parameters
-    and the polynomial coefficients as fitted; '' where the file gives no noise."""
+def _reduced_chi2(flux, comps, used, noise, n_parameters: int) -> str:
+    """'χ²/dof X, ' against the file's noise (IVAR) over the pixels used, with the
+    ``n_parameters`` of θ and the polynomial coefficients as fitted; '' where the file gives no
+    noise."""
     scaled = (np.asarray(flux) - np.asarray(comps.model)) / noise
     good = np.asarray(used, bool) & np.isfinite(scaled)
-    dof = int(good.sum()) - 5 - int(np.size(comps.coefs))
+    dof = int(good.sum()) - n_parameters - int(np.size(comps.coefs))
     return f"χ²/dof {np.sum(scaled[good] ** 2) / dof:.2f}, " if dof > 0 else ""
 
 

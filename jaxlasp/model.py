@@ -6,7 +6,9 @@ squares (§f). Functions here act on one spectrum and are pure, jit-able and dif
 ``batch_*`` versions are their ``vmap`` over spectra that share one observed grid.
 
 Parameter vector θ (as LASP-CurveFit): [mu (pixels), sigma (pixels), ln Teff (ln K), log g (dex),
-[Fe/H] (dex)].
+[Fe/H] (dex)]. With a broadening per segment (``segment_broadening``: arms of different
+resolution) θ continues with the σ [pixels] of the second, third, … segment, and ``sigma`` is the
+first segment's: [mu, σ_1, ln Teff, log g, [Fe/H], σ_2, …, σ_K].
 
 **Native pixels.** Observed pixels need not be the ln-λ lattice: with ``pixels`` (a
 ``PixelGrid``: any strictly increasing edges, in one or more segments such as a spectrograph's
@@ -19,7 +21,7 @@ finer than the lattice's) and then resampled, flux-conserving, onto the observed
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -48,6 +50,8 @@ from jaxlasp.spectral.resample import ResamplingPlan, apply_plan, resample, resa
 
 MU, SIGMA, LN_TEFF, LOGG, FEH = range(5)
 """Indices into the parameter vector θ."""
+STELLAR_PARAMETERS = 5
+"""Length of θ with one broadening; the σ of segments 2, 3, … follow from this index."""
 DEFAULT_HALFWIDTH = 40
 """Static kernel half-width [pixels]: holds |mu| ≤ 15 and σ ≤ 5 (LASP-Adam's box)."""
 
@@ -139,6 +143,11 @@ class ForwardModel:
     oversample: kernel-grid pixels per LAMOST-lattice pixel (1 but with finer native pixels);
         ``halfwidth`` counts kernel-grid pixels, mu and sigma lattice pixels.
     lattice: with ``oversample`` > 1, the lattice that ``grid`` refines (``parameter_grid``).
+    broadenings: the number of broadening widths σ (1; or one per segment, θ then holds
+        ``n_parameters`` values).
+    sigma_segment: with ``broadenings`` > 1, (n,) int32: which σ (0 … broadenings − 1) each
+        observed pixel is broadened with (its segment's; pixels between segments take a
+        neighbour's, they have weight 0).
     """
 
     emulator: TGMEmulator | LineListEmulator
@@ -151,11 +160,37 @@ class ForwardModel:
     view: LatticeView | None = None
     oversample: int = 1
     lattice: LogGrid | None = None
+    broadenings: int = 1
+    sigma_segment: jax.Array | None = None
 
 
 jax.tree_util.register_dataclass(
-    ForwardModel, data_fields=["emulator", "legendre", "design", "view"],
-    meta_fields=["grid", "halfwidth", "edges", "pixels", "oversample", "lattice"])
+    ForwardModel, data_fields=["emulator", "legendre", "design", "view", "sigma_segment"],
+    meta_fields=["grid", "halfwidth", "edges", "pixels", "oversample", "lattice", "broadenings"])
+
+
+def n_parameters(fm: ForwardModel) -> int:
+    """Length of θ: 5, plus one σ for each segment after the first with ``broadenings``."""
+    return STELLAR_PARAMETERS + fm.broadenings - 1
+
+
+def sigma_indices(fm: ForwardModel) -> tuple[int, ...]:
+    """Indices of θ holding the broadening widths σ, one per segment (``SIGMA`` first)."""
+    return (SIGMA, *range(STELLAR_PARAMETERS, n_parameters(fm)))
+
+
+def full_theta(fm: ForwardModel, theta):
+    """θ (..., 5) or (..., ``n_parameters``) → (..., ``n_parameters``): each segment's σ
+    starting at the one ``sigma`` (θ of the right length is returned unchanged)."""
+    theta = jnp.asarray(theta)
+    missing = n_parameters(fm) - theta.shape[-1]
+    if missing == 0:
+        return theta
+    if theta.shape[-1] != STELLAR_PARAMETERS or missing < 0:
+        raise ValueError(f"θ has {theta.shape[-1]} values; the model takes "
+                         f"{STELLAR_PARAMETERS} or {n_parameters(fm)}")
+    sigma = jnp.repeat(theta[..., SIGMA:SIGMA + 1], missing, axis=-1)
+    return jnp.concatenate([theta, sigma], axis=-1)
 
 
 def parameter_grid(fm: ForwardModel) -> LogGrid:
@@ -170,8 +205,20 @@ def refine(grid: LogGrid, k: int) -> LogGrid:
 
 
 def kernel_mean_width(fm: ForwardModel, theta):
-    """(mu, sigma) of θ in kernel-grid pixels."""
-    return theta[MU] * fm.oversample, theta[SIGMA] * fm.oversample
+    """(mu, sigma) of θ in kernel-grid pixels; sigma: each segment's (``broadenings``,) when
+    there is more than one broadening."""
+    sigma = theta[SIGMA] if fm.broadenings == 1 else theta[jnp.array(sigma_indices(fm))]
+    return theta[MU] * fm.oversample, sigma * fm.oversample
+
+
+def broaden_observe(fm: ForwardModel, resampled, theta):
+    """The model on the kernel grid ``resampled`` broadened with θ's (mu, sigma) and put onto the
+    observed pixels (``observe``); with a σ per segment, each pixel from its segment's width."""
+    mu, sigma = kernel_mean_width(fm, theta)
+    if fm.broadenings == 1:
+        return observe(fm, broaden(resampled, mu, sigma, fm.halfwidth))
+    each = jax.vmap(lambda s: observe(fm, broaden(resampled, mu, s, fm.halfwidth)))(sigma)
+    return jnp.take_along_axis(each, fm.sigma_segment[None, :], axis=0)[0]
 
 
 def n_pixels(fm: ForwardModel) -> int:
@@ -307,12 +354,30 @@ def auto_oversample(pixels: PixelGrid) -> int:
     return max(1, math.ceil(ratio - 0.01))
 
 
+def segment_of_pixels(n: int, ranges) -> np.ndarray:
+    """(n,) int32: the index of the (first, stop) range each of ``n`` pixels lies in; a pixel
+    between ranges gets the one before it (the first range's for pixels before all)."""
+    starts = np.array([first for first, _ in ranges])
+    index = np.searchsorted(starts, np.arange(n), side="right") - 1
+    return np.clip(index, 0, len(ranges) - 1).astype(np.int32)
+
+
+def with_segment_broadening(fm: ForwardModel, ranges) -> ForwardModel:
+    """``fm`` with one broadening σ per (first, stop) pixel range of its observed pixels (none
+    added for a single range)."""
+    if len(ranges) < 2:
+        return fm
+    index = jnp.asarray(segment_of_pixels(n_pixels(fm), ranges))
+    return replace(fm, broadenings=len(ranges), sigma_segment=index)
+
+
 def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid | None = None,
                         *, edges: str = "extrapolate",
                         fold: bool = True, degree: int = DEGREE, adegree: int = -1,
                         segments=(), halfwidth: int = DEFAULT_HALFWIDTH,
                         pixels: PixelGrid | None = None,
-                        oversample: int | None = None) -> ForwardModel:
+                        oversample: int | None = None,
+                        segment_broadening: bool = False) -> ForwardModel:
     """Set up the forward model for observed grid ``grid`` (or native ``pixels``).
 
     The emulator is first cropped to the pixels covering the grid (plus one each side).
@@ -327,11 +392,15 @@ def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid 
     the kernel grid (default ``auto_oversample``; 1 when ``grid`` is given); each of the pixels'
     segments gets its own polynomials (one segment: of ``degree``; several: ``degree`` scaled to
     each one's ln-λ span) and ``segments`` must be empty (cut the pixels instead).
+    segment_broadening: a broadening σ of its own for each segment (of ``segments``, or of the
+    native pixels: a spectrograph's arms of different resolution); θ then has
+    ``n_parameters`` values (module docstring). No change with a single segment.
     """
     if pixels is not None:
-        return _native_forward_model(emulator, grid, pixels, edges=edges, fold=fold,
-                                     degree=degree, adegree=adegree, segments=segments,
-                                     halfwidth=halfwidth, oversample=oversample)
+        fm = _native_forward_model(emulator, grid, pixels, edges=edges, fold=fold,
+                                   degree=degree, adegree=adegree, segments=segments,
+                                   halfwidth=halfwidth, oversample=oversample)
+        return with_segment_broadening(fm, pixels.ranges) if segment_broadening else fm
     if oversample not in (None, 1):
         raise ValueError("oversample applies to native pixels only")
     if degree < 0 or adegree < -1:
@@ -353,14 +422,15 @@ def build_forward_model(emulator: TGMEmulator | LineListEmulator, grid: LogGrid 
     dtype = emulator_dtype(emulator)
     legendre = legendre_system(grid.n, degree, dtype)
     design = None
+    ranges = segment_ranges(grid, segments) if segments else [(0, grid.n)]
     if segments or adegree >= 0:
-        ranges = segment_ranges(grid, segments) if segments else [(0, grid.n)]
         degrees = ([segment_degree(degree, grid, stop - first) for first, stop in ranges]
                    if segments else [degree])
         design = PolynomialDesign(
             jnp.asarray(segment_basis(grid.n, ranges, degrees), dtype),
             jnp.asarray(segment_basis(grid.n, ranges, [adegree] * len(ranges)), dtype))
-    return ForwardModel(emulator, legendre, grid, halfwidth, edges, design)
+    fm = ForwardModel(emulator, legendre, grid, halfwidth, edges, design)
+    return with_segment_broadening(fm, ranges) if segment_broadening else fm
 
 
 def _native_forward_model(emulator, grid, pixels: PixelGrid, *, segments, degree: int,
@@ -406,11 +476,12 @@ def emulate(fm: ForwardModel, teff, logg, feh):
 def components(fm: ForwardModel, theta, flux, weights) -> Components:
     """All intermediate arrays of the model for one spectrum.
 
-    theta: (5,) [mu, sigma, ln Teff, log g, [Fe/H]]; flux: (n,) observed flux;
+    theta: (5,) [mu, sigma, ln Teff, log g, [Fe/H]] (``n_parameters`` with a σ per segment);
+    flux: (n,) observed flux;
     weights: (n,) 1/err² times the good-pixel mask (0 = pixel not used).
     """
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
-    convolved = observe(fm, broaden(resampled, *kernel_mean_width(fm, theta), fm.halfwidth))
+    convolved = broaden_observe(fm, resampled, theta)
     if fm.design is None:
         coefs, polynomial = fit_multiplicative_polynomial(convolved, flux, weights, fm.legendre)
         additive = jnp.zeros_like(polynomial)
@@ -431,7 +502,7 @@ def residuals(fm: ForwardModel, theta, flux, weights):
 def broadened(fm: ForwardModel, theta):
     """The emulator spectrum broadened with (mu, sigma), on the observed pixels; shape (n,)."""
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
-    return observe(fm, broaden(resampled, *kernel_mean_width(fm, theta), fm.halfwidth))
+    return broaden_observe(fm, resampled, theta)
 
 
 def residuals_and_jacobian(fm: ForwardModel, theta, flux, weights):
@@ -466,7 +537,7 @@ def model_flags(fm: ForwardModel, theta, comps: Components, weights):
     used = weights > 0
     return (
         ~fm.emulator.domain.contains(teff, theta[LOGG], theta[FEH]),
-        ~kernel_fits(*kernel_mean_width(fm, theta), fm.halfwidth),
+        ~jnp.all(kernel_fits(*kernel_mean_width(fm, theta), fm.halfwidth)),
         jnp.any(used & (comps.polynomial <= 0)),
         ~jnp.all(jnp.isfinite(comps.residuals)),
     )

@@ -46,8 +46,13 @@ from jaxlasp.groups.columns import (
     INTEGER_COLUMNS,
     READ_ERROR,
     UNITS,
+    broadening_columns,
+    describe,
     empty_columns,
     make_table,
+    put_rows,
+    unit,
+    with_broadening,
 )
 from jaxlasp.groups.fitting import check_method, fit_spectrum_group
 from jaxlasp.groups.inputs import DEMO_MODEL, GLOBAL_START, initial_points, load_model, read_for_fit
@@ -105,6 +110,7 @@ class FitOptions:
     readers: int | None = None
     reader_kind: str = "auto"
     native: bool = True
+    segment_broadening: bool = False
 
     def fit_window(self) -> tuple[float, float]:
         """The window read and fitted: the span of ``segments`` when given, else ``window``."""
@@ -146,6 +152,7 @@ def run_options(options: FitOptions, model) -> str:
         **({"segments": [list(pair) for pair in options.segments]} if options.segments else {}),
         **({"mdegree": options.mdegree} if options.mdegree != DEGREE else {}),
         **({"adegree": options.adegree} if options.adegree != -1 else {}),
+        **({"segment_broadening": True} if options.segment_broadening else {}),
         "native": options.native},
         sort_keys=True)
 
@@ -367,8 +374,7 @@ def fit_group(models: RunModels, group: list[Record], options: FitOptions, capac
             for k in good:
                 reasons[k] = f"fit failed: {err}"
         else:
-            for name, values in fitted.items():
-                columns[name][good] = values[:len(good)]
+            put_rows(columns, good, fitted)
             for j, k in enumerate(good):
                 reasons[k] = fit_reasons[j]
     table = make_table([r.id for r in group], columns, reasons)
@@ -405,11 +411,13 @@ def _part_files(output: Path) -> list[Path]:
 
 
 def normalise(table):
-    """``table`` with exactly ``CATALOG_COLUMNS`` in catalog dtypes (CSV reads lose them)."""
+    """``table`` with exactly ``CATALOG_COLUMNS`` (and its per-segment broadening columns,
+    ``broadening_columns``) in catalog dtypes (CSV reads lose them)."""
     from astropy.table import Table
 
     columns = {}
-    for name in CATALOG_COLUMNS:
+    names = with_broadening(CATALOG_COLUMNS, broadening_columns(table.colnames))
+    for name in names:
         kind = (str if name in ("id", "reason", "path") else bool if name == "converged"
                 else np.int64 if name in (*INTEGER_COLUMNS, *SURVEY_IDS) else np.float64)
         if name in table.colnames:
@@ -418,9 +426,9 @@ def normalise(table):
             values = np.full(len(table), np.nan if kind is np.float64 else -1 if name in
                              SURVEY_IDS else kind())
         columns[name] = values
-    out = Table(columns, names=CATALOG_COLUMNS)
-    for name, unit in CATALOG_UNITS.items():
-        out[name].unit = unit
+    out = Table(columns, names=names)
+    for name in names:
+        out[name].unit = CATALOG_UNITS.get(name, unit(name))
     return out
 
 
@@ -451,6 +459,9 @@ def merge(tables, order: dict[str, int]):
 
     table = vstack(tables, metadata_conflicts="silent") if tables else normalise(
         make_table([], empty_columns(0), []))
+    for name in broadening_columns(table.colnames):  # parts with fewer segments: NaN
+        if hasattr(table[name], "filled"):
+            table[name] = table[name].filled(np.nan)
     table.meta.pop("complete_paths", None)
     rank = np.array([order.get(input_key(p), len(order)) for p in table["path"]], np.int64)
     return table[np.argsort(rank, kind="stable")]
@@ -619,7 +630,8 @@ class RunModels:
                 self.native.pop(next(iter(self.native)))
             self.native[key] = build_forward_model(
                 self.emulator, pixels=key, degree=self.options.mdegree,
-                adegree=self.options.adegree)
+                adegree=self.options.adegree,
+                segment_broadening=self.options.segment_broadening)
         return self.native[key]
 
 
@@ -634,7 +646,8 @@ def prepare_model(model, options: FitOptions) -> ForwardModel:
     emulator = load_model(model)
     fm = build_forward_model(emulator, lamost_fit_grid(emulator.grid, options.fit_window()),
                              degree=options.mdegree, adegree=options.adegree,
-                             segments=options.segments)
+                             segments=options.segments,
+                             segment_broadening=options.segment_broadening)
     if note := window_note(fm.grid, options.fit_window()):
         log.warning("%s", note)
     initial_points(options.start, 1, fm)
@@ -677,8 +690,8 @@ def finish_catalog(output: Path, tables, paths, fitted: int, t0: float,
     resumed catalog keeps it — in its metadata), remove the parts folder and summarise the run
     (``fitted`` spectra this run, started at ``t0``)."""
     catalog = merge(tables, {input_key(p): k for k, p in enumerate(paths)})
-    for name in CATALOG_COLUMNS:
-        catalog[name].description = CATALOG_DESCRIPTIONS[name]
+    for name in catalog.colnames:
+        catalog[name].description = CATALOG_DESCRIPTIONS.get(name) or describe(name)
     earlier = [t.meta["created"] for t in tables if t.meta.get("created")]  # a resumed catalog
     catalog.meta.clear()  # in one order, so that a resume that fits nothing writes the same bytes
     if options:

@@ -268,6 +268,15 @@ def test_a_desi_file_fitted_natively_by_the_api_and_the_pipeline(desi_mock, emul
     (a0, a1), (b0, b1) = fm.pixels.ranges
     assert in_mask[a0:a1].sum() > 100 and in_mask[b0:b1].sum() > 100   # both cameras there
     assert np.all(masked["n_pixels"] == inside.sum() - in_mask.sum())
+    # a σ per camera (B and R): the mocks' cameras share one width, which the two σ straddle
+    arms = fit_files([path], emulator, window=window, segment_broadening=True, **options)
+    assert "sigma_2" in arms.colnames and "sigma_3" not in arms.colnames
+    ok = np.asarray(arms["converged"]) & np.asarray(table["converged"])
+    assert ok.sum() >= 5
+    np.testing.assert_allclose(0.5 * (arms["sigma"] + arms["sigma_2"])[ok], table["sigma"][ok],
+                               rtol=0.15)
+    for name, true in (("teff", truth.teff), ("logg", truth.logg), ("feh", truth.feh)):
+        assert np.all(np.abs((np.asarray(arms[name]) - true) / arms[f"{name}_err"]) < 4.0), name
 
 
 def test_catalogs_from_before_native_pixels_resume_unless_they_hold_desi_rows(tmp_path):

@@ -5,7 +5,8 @@ p = [t = log10 Teff − 3.7617, g = log g − 4.44, z = [Fe/H], mu (px), sigma (
 c = [0.215, −1.44, −0.75, 0, 2.55], w = [1, 6, 3.5, 30, 4.9]. ``theta_from_x``/``x_from_theta``
 convert to and from jaxlasp's θ = [mu, sigma, ln Teff, log g, [Fe/H]]. After every Adam update x is
 projected onto the box with ``optax.projections.projection_box`` (PyLASP clamps in place at the
-start of the next iteration: the same sequence of evaluated points).
+start of the next iteration: the same sequence of evaluated points). With a broadening per segment
+the σ of segments 2, 3, … follow in x, p and θ, each normalised as sigma.
 
 Optimiser. ``optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)``. PyTorch's Adam updates
 x ← x − (lr/(1−β₁ᵗ))·m_t/(√v_t/√(1−β₂ᵗ) + ε) and optax's x ← x − lr·m̂_t/(√v̂_t + ε) with
@@ -109,9 +110,12 @@ from jaxlasp.model import (
     LOGG,
     MU,
     SIGMA,
+    STELLAR_PARAMETERS,
     ForwardModel,
     components,
     emulator_dtype,
+    full_theta,
+    n_parameters,
     residuals_and_jacobian,
 )
 
@@ -142,43 +146,53 @@ convergence."""
 
 
 def internal_from_theta(theta):
-    """p = [t, g, z, mu, sigma] from θ = [mu, sigma, ln Teff, log g, [Fe/H]] (last axis)."""
+    """p = [t, g, z, mu, sigma] from θ = [mu, sigma, ln Teff, log g, [Fe/H]] (last axis); the σ
+    of further segments (θ[5:], a broadening per segment) follow unchanged."""
     theta = jnp.asarray(theta)
-    return jnp.stack([theta[..., LN_TEFF] / LN10 - T_OFFSET,
-                      theta[..., LOGG] - G_OFFSET, theta[..., FEH],
-                      theta[..., MU], theta[..., SIGMA]], axis=-1)
+    return jnp.concatenate([jnp.stack([theta[..., LN_TEFF] / LN10 - T_OFFSET,
+                                       theta[..., LOGG] - G_OFFSET, theta[..., FEH],
+                                       theta[..., MU], theta[..., SIGMA]], axis=-1),
+                            theta[..., STELLAR_PARAMETERS:]], axis=-1)
 
 
 def theta_from_internal(p):
-    """θ from p = [t, g, z, mu, sigma]."""
+    """θ from p = [t, g, z, mu, sigma, …]."""
     p = jnp.asarray(p)
-    return jnp.stack([p[..., 3], p[..., 4], (p[..., 0] + T_OFFSET) * LN10,
-                      p[..., 1] + G_OFFSET, p[..., 2]], axis=-1)
+    return jnp.concatenate([jnp.stack([p[..., 3], p[..., 4], (p[..., 0] + T_OFFSET) * LN10,
+                                       p[..., 1] + G_OFFSET, p[..., 2]], axis=-1),
+                            p[..., STELLAR_PARAMETERS:]], axis=-1)
+
+
+def scale(values: np.ndarray, size: int) -> np.ndarray:
+    """``CENTER`` or ``WIDTH`` for p of ``size`` values: each further segment's σ as sigma's."""
+    return np.concatenate([values, np.repeat(values[-1:], size - values.size)])
 
 
 def x_from_theta(theta):
     """Normalised x = 2(p − c)/w."""
     p = internal_from_theta(theta)
-    return 2 * (p - CENTER.astype(p.dtype)) / WIDTH.astype(p.dtype)
+    center, width = (scale(a, p.shape[-1]).astype(p.dtype) for a in (CENTER, WIDTH))
+    return 2 * (p - center) / width
 
 
 def theta_from_x(x):
     """θ from the normalised x: p = c + (w/2)·x."""
     x = jnp.asarray(x)
-    return theta_from_internal(CENTER.astype(x.dtype) + 0.5 * WIDTH.astype(x.dtype) * x)
+    center, width = (scale(a, x.shape[-1]).astype(x.dtype) for a in (CENTER, WIDTH))
+    return theta_from_internal(center + 0.5 * width * x)
 
 
 def x_box(fm: ForwardModel):
-    """Bounds (lo, hi) of x, each (5,): PyLASP's box [−1, 1] intersected with the emulator's
-    domain (for ELODIE they differ only in Teff ≥ 3100 K and log g ≤ 5.9; a line-list emulator
-    built on a small grid is confined to it)."""
+    """Bounds (lo, hi) of x, each (``n_parameters``,): PyLASP's box [−1, 1] intersected with the
+    emulator's domain (for ELODIE they differ only in Teff ≥ 3100 K and log g ≤ 5.9; a line-list
+    emulator built on a small grid is confined to it)."""
     dom = fm.emulator.domain
     bounds = []
     for teff, logg, feh, limit in zip(dom.teff, dom.logg, dom.feh, (-1.0, 1.0)):
         p = np.array([math.log10(teff) - T_OFFSET, logg - G_OFFSET, feh, 0.0, 0.0])
         x = 2 * (p - CENTER) / WIDTH  # as x_from_theta, in NumPy: the domain is static
         x[3:] = limit  # mu and σ: PyLASP's box
-        bounds.append(x)
+        bounds.append(scale(x, n_parameters(fm)))
     return np.maximum(bounds[0], -1.0), np.minimum(bounds[1], 1.0)
 
 
@@ -515,6 +529,7 @@ def fit_batch_adam(fm: ForwardModel, theta0, flux, weights, *, clean: bool = Fal
         raise ValueError(f"convergence must be 'group' or 'spectrum', not {convergence!r}")
     clean_schedule = schedule_for(clean_schedule, convergence)
     dtype = emulator_dtype(fm.emulator)
+    theta0 = full_theta(fm, theta0)
     theta0, loop_flux, loop_weights = (jnp.asarray(a, dtype) for a in (theta0, flux, weights))
     state = run(fm, x_from_theta(theta0), loop_flux, loop_weights, lr=float(lr), clean=clean,
                 convergence=convergence, max_iter=int(max_iter), mask_polynomial=mask_polynomial,

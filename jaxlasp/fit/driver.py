@@ -17,12 +17,13 @@ from jaxlasp.fit import lm, minpack
 from jaxlasp.fit.clean import clean, masked_std
 from jaxlasp.fit.schedule import run_compacted
 from jaxlasp.model import (
-    SIGMA,
     ForwardModel,
     components,
+    full_theta,
     model_flags,
     parameter_grid,
     residuals_and_jacobian,
+    sigma_indices,
 )
 from jaxlasp.spectral.broaden import RESOLVED_SIGMA, SIGMA_FLOOR
 
@@ -75,10 +76,14 @@ class FitResult(NamedTuple):
 
 
 def parameter_box(fm: ForwardModel):
-    """(lower, upper) bounds of θ: the emulator's domain, |mu| ≤ 15 px, 0.1 ≤ σ ≤ 5 px."""
+    """(lower, upper) bounds of θ: the emulator's domain, |mu| ≤ 15 px, 0.1 ≤ σ ≤ 5 px (every
+    segment's σ with a broadening per segment)."""
     dom = fm.emulator.domain
-    lower = np.array([-MU_LIMIT, SIGMA_FLOOR, math.log(dom.teff[0]), dom.logg[0], dom.feh[0]])
-    upper = np.array([MU_LIMIT, SIGMA_LIMIT, math.log(dom.teff[1]), dom.logg[1], dom.feh[1]])
+    extra = len(sigma_indices(fm)) - 1
+    lower = np.array([-MU_LIMIT, SIGMA_FLOOR, math.log(dom.teff[0]), dom.logg[0], dom.feh[0]]
+                     + [SIGMA_FLOOR] * extra)
+    upper = np.array([MU_LIMIT, SIGMA_LIMIT, math.log(dom.teff[1]), dom.logg[1], dom.feh[1]]
+                     + [SIGMA_LIMIT] * extra)
     if fm.halfwidth < (MU_LIMIT + 5 * SIGMA_LIMIT) * fm.oversample:
         raise ValueError(f"kernel half-width {fm.halfwidth} px is too small for the parameter box")
     return lower, upper
@@ -157,6 +162,7 @@ def clean_step(fm: ForwardModel, theta_start, theta, flux, weights, good, initia
 def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
     """Covariance, loss and flags at the LM solution (per spectrum)."""
     lower, upper = parameter_box(fm)
+    sigmas = np.array(sigma_indices(fm))
 
     def one(st, f, w, g):
         used = w * g
@@ -164,7 +170,8 @@ def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
         n_used = jnp.sum(used > 0)
         cov = lm.covariance(st.jac, st.resid, n_used)
         normal_diag = jnp.sum(st.jac * st.jac, axis=1)
-        inflation = jnp.diagonal(cov) * normal_diag * (n_used - 5) / (st.resid @ st.resid)
+        inflation = (jnp.diagonal(cov) * normal_diag * (n_used - st.theta.shape[0])
+                     / (st.resid @ st.resid))
         unconstrained = jnp.sqrt(jnp.abs(jnp.diagonal(cov))) > upper - lower
         degenerate = ~jnp.all(jnp.isfinite(inflation) & (inflation < MAX_VARIANCE_INFLATION)
                               & ~unconstrained)
@@ -176,7 +183,7 @@ def finish(fm: ForwardModel, state: lm.LMState, flux, weights, good):
                  + NONFINITE * ((st.status == lm.NONFINITE) | nonfinite | ~jnp.isfinite(loss))
                  + NEGATIVE_POLYNOMIAL * negative + AT_BOUND * at_bound
                  + FEW_PIXELS * (n_used < MIN_GOOD_PIXELS) + DEGENERATE * degenerate
-                 + UNDERSAMPLED * (st.theta[SIGMA] < RESOLVED_SIGMA))
+                 + UNDERSAMPLED * jnp.any(st.theta[sigmas] < RESOLVED_SIGMA))
         return cov, loss, flags
     return jax.vmap(one)(state, flux, weights, good)
 
@@ -279,7 +286,8 @@ def run_clean_schedule(fm: ForwardModel, theta0, flux, weights, *, ftol, xtol, m
 def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = False,
               max_iter: int = 100, ftol: float = 1e-10, xtol: float = 1e-10,
               path: str = "exact", slots: int = SLOTS) -> FitResult:
-    """Fit spectra (b, n) sharing ``fm``'s grid from start points ``theta0`` (b, 5).
+    """Fit spectra (b, n) sharing ``fm``'s grid from start points ``theta0`` (b, 5), or (b,
+    ``n_parameters``) with a broadening per segment (5 values start every σ at ``sigma``).
 
     weights: (b, n) 1/err² (or 1) times the initial good-pixel mask G0.
     ``path`` "exact" (default): No Clean is one exact-Jacobian LM fit to ``ftol``/``xtol`` (tight
@@ -298,12 +306,13 @@ def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = Fals
     """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, not {path!r}")
-    theta0 = jnp.asarray(theta0)
+    theta0 = full_theta(fm, theta0)
     flux, weights = jnp.asarray(flux, theta0.dtype), jnp.asarray(weights, theta0.dtype)
     batch = theta0.shape[0]
     zeros = jnp.zeros(batch, int)
     if path == "curvefit":
-        theta0 = theta0.at[:, SIGMA].set(curvefit_start_sigma(parameter_grid(fm).step))
+        theta0 = theta0.at[:, np.array(sigma_indices(fm))].set(
+            curvefit_start_sigma(parameter_grid(fm).step))
         if use_clean:
             outcome = run_clean_schedule(fm, theta0, flux, weights, ftol=ftol, xtol=xtol,
                                          max_iter=max_iter, path=path)

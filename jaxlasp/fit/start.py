@@ -82,6 +82,7 @@ from jaxlasp.model import (
     ForwardModel,
     broadened,
     emulate,
+    full_theta,
     lattice_model,
     lattice_view,
     residuals,
@@ -419,7 +420,7 @@ def start_candidates(fm: ForwardModel, flux, weights, *, grid: StartGrid | None 
     grid = default_grid(fm.emulator.domain) if grid is None else grid
     if not 1 <= n_best + logg_alternative <= grid.ln_teff.size:
         raise ValueError(f"n_best must be between 1 and the {grid.ln_teff.size} grid nodes")
-    nodes = grid_theta(grid, sigma)
+    nodes = full_theta(fm, grid_theta(grid, sigma))
     flux, weights = jnp.asarray(flux, nodes.dtype), jnp.asarray(weights, nodes.dtype)
     return _global_start(fm, nodes, flux, weights, n_best, separation, bool(logg_alternative),
                          float(sigma))
@@ -472,8 +473,8 @@ def mode_weights(result: FitResult, used, n_best: int):
     A candidate gets weight 0 when it failed (any of ``FAILURES``) or lies inside a lower-loss
     candidate's minimum (every parameter within that one's error, or within ``THETA_RESOLUTION``
     of it where the error is smaller: a noise-free spectrum's), so that a minimum counts once.
-    Δχ² = (M − 5)·(loss²/loss²_min − 1): χ² differences in units of the winner's reduced χ²,
-    the scale of its covariance (M: the winner's used pixels).
+    Δχ² = (M − p)·(loss²/loss²_min − 1): χ² differences in units of the winner's reduced χ²,
+    the scale of its covariance (M: the winner's used pixels, p: θ's length).
     """
     rows = lambda a: a.reshape((-1, n_best) + a.shape[1:])  # noqa: E731
     theta, cov = rows(result.theta), rows(result.covariance)
@@ -491,7 +492,7 @@ def mode_weights(result: FitResult, used, n_best: int):
     ok = ok & ~jnp.any(lower & inside & ok[:, :, None], axis=1)
     best = jnp.argmin(loss2, axis=1)
     n_used = jnp.take_along_axis(rows(jnp.sum(used & result.mask, axis=1)), best[:, None], 1)
-    delta = (n_used - 5) * (loss2 / jnp.min(loss2, axis=1, keepdims=True) - 1.0)
+    delta = (n_used - theta.shape[-1]) * (loss2 / jnp.min(loss2, axis=1, keepdims=True) - 1.0)
     log_w = jnp.where(ok, -0.5 * delta + 0.5 * log_det, -jnp.inf)
     log_w = log_w - jnp.max(log_w, axis=1, keepdims=True)
     w = jnp.where(ok, jnp.exp(log_w), 0.0)
@@ -500,11 +501,11 @@ def mode_weights(result: FitResult, used, n_best: int):
 
 @program(static_argnames=("n_best",))
 def mode_spread(result: FitResult, used, n_best: int):
-    """(spread (b, 5, 5), mass elsewhere (b,)): Σ_k w_k (θ_k − θ̂)(θ_k − θ̂)ᵀ over the candidates'
+    """(spread (b, p, p), mass elsewhere (b,)): Σ_k w_k (θ_k − θ̂)(θ_k − θ̂)ᵀ over the candidates'
     distinct minima (``mode_weights``), θ̂ the lowest-loss candidate, and the weight outside θ̂'s
     minimum. Zero when every candidate failed."""
     w = mode_weights(result, used, n_best)
-    theta = result.theta.reshape(-1, n_best, 5)
+    theta = result.theta.reshape(-1, n_best, result.theta.shape[-1])
     loss = jnp.where(jnp.isfinite(result.loss), result.loss, jnp.inf).reshape(-1, n_best)
     best = jnp.argmin(loss, axis=1)
     d = theta - jnp.take_along_axis(theta, best[:, None, None], 1)
@@ -552,16 +553,17 @@ def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean
         theta0, good = ready(start_candidates(fm, flux, weights, grid=grid, n_best=n_best,
                                               separation=separation,
                                               logg_alternative=logg_alternative))
-    k = theta0.shape[1]
+    k, size = theta0.shape[1:]
     repeat = partial(jnp.repeat, repeats=k, axis=0)
     fit_weights = weights * good if clean else weights
     loose = method == "lm" and candidate_ftol is not None
     with stage("fit"):
         if loose:
-            candidates = fit_batch(fm, theta0.reshape(-1, 5), repeat(flux), repeat(fit_weights),
-                                   max_iter=max_iter or 100, ftol=candidate_ftol)
+            candidates = fit_batch(fm, theta0.reshape(-1, size), repeat(flux),
+                                   repeat(fit_weights), max_iter=max_iter or 100,
+                                   ftol=candidate_ftol)
         else:
-            candidates = fit_one_method(fm, theta0.reshape(-1, 5), repeat(flux),
+            candidates = fit_one_method(fm, theta0.reshape(-1, size), repeat(flux),
                                         repeat(fit_weights), method=method, clean=False,
                                         max_iter=max_iter)
         result = best_of(candidates, k)

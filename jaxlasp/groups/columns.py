@@ -9,7 +9,7 @@ import numpy as np
 from jaxlasp.fit.driver import FLAG_NAMES, FitResult
 from jaxlasp.grids import C_KMS, LogGrid
 from jaxlasp.io.lamost import FEW_GOOD_PIXELS, NONFINITE_FLUX, NONPOSITIVE_FLUX
-from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA
+from jaxlasp.model import FEH, LN_TEFF, LOGG, MU, SIGMA, STELLAR_PARAMETERS
 
 READ_ERROR = 32
 """Result flag: the file could not be read or does not cover the window (see ``reason``)."""
@@ -39,6 +39,32 @@ UNITS = {"rv": "km/s", "rv_err": "km/s", "teff": "K", "teff_err": "K", "logg": "
          "logg_err": "dex", "feh": "dex", "feh_err": "dex", "sigma": "km/s"}
 
 
+def broadening_columns(names) -> tuple[str, ...]:
+    """The columns of further segments' broadening among ``names`` ("sigma_2", "sigma_3", …:
+    fits with a σ per segment, where "sigma" is the first segment's), in segment order."""
+    found = [name for name in names
+             if name.startswith("sigma_") and name[6:].isdigit() and int(name[6:]) >= 2]
+    return tuple(sorted(found, key=lambda name: int(name[6:])))
+
+
+def with_broadening(names: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
+    """``names`` with the broadening columns ``extra`` inserted after "sigma"."""
+    at = list(names).index("sigma") + 1
+    return (*names[:at], *extra, *names[at:])
+
+
+def describe(name: str) -> str:
+    """A column's description (``DESCRIPTIONS``, and the per-segment broadening columns)."""
+    if name in broadening_columns([name]):
+        return f"Gaussian broadening of the model in segment {name[6:]} (σ per segment)"
+    return DESCRIPTIONS[name]
+
+
+def unit(name: str) -> str | None:
+    """A column's unit (``UNITS``; km/s for the per-segment broadening columns)."""
+    return "km/s" if name in broadening_columns([name]) else UNITS.get(name)
+
+
 def result_columns(result: FitResult, grid: LogGrid, weights=None) -> dict[str, np.ndarray]:
     """Physical columns (RV, Teff, … with errors) from a batch result; ``n_pixels``: the pixels
     the final fit used (weight > 0, when ``weights`` are given, and in the final mask)."""
@@ -48,13 +74,16 @@ def result_columns(result: FitResult, grid: LogGrid, weights=None) -> dict[str, 
         used = used & (np.asarray(weights) > 0)
     err = np.sqrt(np.abs(np.diagonal(np.asarray(result.covariance), axis1=1, axis2=2)))
     teff = np.exp(theta[:, LN_TEFF])
+    to_kms = lambda sigma: C_KMS * np.expm1(grid.step * sigma)  # noqa: E731
     return {
         "rv": C_KMS * np.expm1(grid.step * theta[:, MU]),
         "rv_err": C_KMS * grid.step * np.exp(grid.step * theta[:, MU]) * err[:, MU],
         "teff": teff, "teff_err": teff * err[:, LN_TEFF],
         "logg": theta[:, LOGG], "logg_err": err[:, LOGG],
         "feh": theta[:, FEH], "feh_err": err[:, FEH],
-        "sigma": C_KMS * np.expm1(grid.step * theta[:, SIGMA]),
+        "sigma": to_kms(theta[:, SIGMA]),
+        **{f"sigma_{k}": to_kms(theta[:, index])
+           for k, index in enumerate(range(STELLAR_PARAMETERS, theta.shape[1]), start=2)},
         "loss": np.asarray(result.loss), "n_iter": np.asarray(result.n_iter),
         "n_clean": np.asarray(result.n_clean), "n_pixels": np.count_nonzero(used, axis=1),
         "converged": np.asarray(result.converged),
@@ -75,15 +104,16 @@ def describe_flags(flags: int) -> str:
 
 
 def make_table(ids: Sequence[str], columns: dict, reasons: Sequence[str]):
-    """An astropy Table with ``COLUMNS`` and units in the column metadata."""
+    """An astropy Table with ``COLUMNS`` (and the ``broadening_columns`` of ``columns``), units
+    and descriptions in the column metadata."""
     from astropy.table import Table
 
+    names = with_broadening(COLUMNS, broadening_columns(columns))
     table = Table({"id": np.asarray(ids, dtype=str), **columns, "reason": np.asarray(reasons, str)},
-                  names=COLUMNS)
-    for name, unit in UNITS.items():
-        table[name].unit = unit
-    for name in COLUMNS:
-        table[name].description = DESCRIPTIONS[name]
+                  names=names)
+    for name in names:
+        table[name].unit = unit(name)
+        table[name].description = describe(name)
     return table
 
 
@@ -93,6 +123,16 @@ def empty_columns(n: int) -> dict[str, np.ndarray]:
     columns.update({name: np.zeros(n, np.int64) for name in INTEGER_COLUMNS},
                    converged=np.zeros(n, bool), flags=np.full(n, READ_ERROR, np.int64))
     return columns
+
+
+def put_rows(columns: dict[str, np.ndarray], rows, fitted: dict[str, np.ndarray]) -> None:
+    """Write the ``fitted`` columns of some spectra into ``columns`` at ``rows``; a broadening
+    column the others lack (spectra with more segments) is added, NaN for them."""
+    size = len(columns["flags"])
+    for name, values in fitted.items():
+        if name not in columns:
+            columns[name] = np.full(size, np.nan)
+        columns[name][rows] = values[:len(rows)]
 
 
 PARAMETER_COLUMNS = ("rv", "rv_err", "teff", "teff_err", "logg", "logg_err", "feh", "feh_err",
@@ -108,7 +148,7 @@ def fitted_columns(result: FitResult, theta0, weights, grid: LogGrid) -> dict[st
     """``result_columns`` with the rows that are no result blanked (``blank_unfitted``)."""
     columns = result_columns(result, grid, weights)
     moved = (np.ones(len(columns["n_iter"]), bool) if theta0 is None
-             else np.any(np.asarray(result.theta) != theta0, axis=1))
+             else np.any(np.asarray(result.theta) != np.asarray(theta0), axis=1))
     blank_unfitted(columns, moved, columns["n_pixels"])
     return columns
 
@@ -122,7 +162,7 @@ def blank_unfitted(columns: dict[str, np.ndarray], moved: np.ndarray,
     unfitted = ~np.asarray(columns["converged"], bool) & ((columns["n_iter"] == 0) | ~moved)
     if usable is not None:
         unfitted |= np.asarray(usable) < MIN_USABLE_PIXELS
-    for name in PARAMETER_COLUMNS:
+    for name in (*PARAMETER_COLUMNS, *broadening_columns(columns)):
         columns[name] = np.where(unfitted, np.nan, columns[name])
     columns["flags"] = columns["flags"] | np.where(unfitted, NOT_FITTED, 0)
     columns["converged"] = np.asarray(columns["converged"], bool) & ~unfitted

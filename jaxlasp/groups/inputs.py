@@ -13,7 +13,7 @@ from jaxlasp.grids import LogGrid, PixelGrid
 from jaxlasp.io import SpectrumFileError, cut_to_grid, read_spectra, read_tgm
 from jaxlasp.io.lamost import Spectrum, file_stem
 from jaxlasp.io.model_files import is_named_model, named_model_path
-from jaxlasp.model import FEH, LN_TEFF, LOGG, ForwardModel, theta_from_physical
+from jaxlasp.model import FEH, LN_TEFF, LOGG, ForwardModel, full_theta, theta_from_physical
 from jaxlasp.spectral.masks import check_intervals, masked_pixels
 
 DEMO_MODEL = "demo"
@@ -58,7 +58,8 @@ def check_start(theta0: np.ndarray, fm: ForwardModel) -> None:
 
 
 def initial_points(start, batch: int, fm: ForwardModel):
-    """θ₀ (batch, 5) for ``start`` (checked against the domain), or None for the global start."""
+    """θ₀ (batch, ``n_parameters(fm)``) for ``start`` (checked against the domain), or None for
+    the global start."""
     if isinstance(start, str):
         if start != GLOBAL_START:
             raise ValueError(f"start must be {GLOBAL_START!r} or (Teff, log g, [Fe/H]), "
@@ -66,7 +67,7 @@ def initial_points(start, batch: int, fm: ForwardModel):
         return None
     theta0 = start_points(start, batch)
     check_start(theta0, fm)
-    return theta0
+    return np.asarray(full_theta(fm, theta0))
 
 
 def mask_weights(weights, mask, grid: LogGrid) -> np.ndarray:
