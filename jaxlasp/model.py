@@ -207,8 +207,9 @@ def refine(grid: LogGrid, k: int) -> LogGrid:
 def kernel_mean_width(fm: ForwardModel, theta):
     """(mu, sigma) of θ in kernel-grid pixels; sigma: each segment's (``broadenings``,) when
     there is more than one broadening."""
+    mu = theta[MU] * fm.oversample
     sigma = theta[SIGMA] if fm.broadenings == 1 else theta[jnp.array(sigma_indices(fm))]
-    return theta[MU] * fm.oversample, sigma * fm.oversample
+    return mu, sigma * fm.oversample
 
 
 def broaden_observe(fm: ForwardModel, resampled, theta):

@@ -149,18 +149,24 @@ def internal_from_theta(theta):
     """p = [t, g, z, mu, sigma] from θ = [mu, sigma, ln Teff, log g, [Fe/H]] (last axis); the σ
     of further segments (θ[5:], a broadening per segment) follow unchanged."""
     theta = jnp.asarray(theta)
-    return jnp.concatenate([jnp.stack([theta[..., LN_TEFF] / LN10 - T_OFFSET,
-                                       theta[..., LOGG] - G_OFFSET, theta[..., FEH],
-                                       theta[..., MU], theta[..., SIGMA]], axis=-1),
-                            theta[..., STELLAR_PARAMETERS:]], axis=-1)
+    return with_further_sigmas(jnp.stack([theta[..., LN_TEFF] / LN10 - T_OFFSET,
+                                          theta[..., LOGG] - G_OFFSET, theta[..., FEH],
+                                          theta[..., MU], theta[..., SIGMA]], axis=-1), theta)
 
 
 def theta_from_internal(p):
     """θ from p = [t, g, z, mu, sigma, …]."""
     p = jnp.asarray(p)
-    return jnp.concatenate([jnp.stack([p[..., 3], p[..., 4], (p[..., 0] + T_OFFSET) * LN10,
-                                       p[..., 1] + G_OFFSET, p[..., 2]], axis=-1),
-                            p[..., STELLAR_PARAMETERS:]], axis=-1)
+    return with_further_sigmas(jnp.stack([p[..., 3], p[..., 4], (p[..., 0] + T_OFFSET) * LN10,
+                                          p[..., 1] + G_OFFSET, p[..., 2]], axis=-1), p)
+
+
+def with_further_sigmas(five, source):
+    """The five parameters ``five`` followed by the σ of further segments in ``source``
+    (its values after the fifth; none with one broadening)."""
+    if source.shape[-1] == STELLAR_PARAMETERS:
+        return five
+    return jnp.concatenate([five, source[..., STELLAR_PARAMETERS:]], axis=-1)
 
 
 def scale(values: np.ndarray, size: int) -> np.ndarray:
