@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             if per_segment:
                 found.append(("σ red", table["sigma_2"], red_sigma))
             else:
-                found.append(("σ (one) − red truth", table["sigma"], red_sigma))
+                found.append(("σ red", table["sigma"], red_sigma))
             notes.append(f"{label}: " + "; ".join(
                 f"{name} − truth: median {np.median((np.asarray(v) - t)[ok]):.2f}, scatter "
                 f"{robust((np.asarray(v) - t)[ok]):.2f} km/s" for name, v, t in found))
