@@ -1,7 +1,8 @@
 """What a user gets: the whole ``jaxlasp fit`` command on real LAMOST files, against SciPy.
 
 Usage: python benchmarks/pipeline.py [--sizes 100 500]
-           [--sets defaults clean fixed segments adegree] (default: the first three)
+           [--sets defaults clean fixed segments adegree segment-broadening] (default: the first
+           three)
            [--before CHECKOUT] [--baseline-spectra 50] [--workers 2]
 
 The 25 LAMOST DR10 sample files (../shared/data/lamost-dr10-sample/fits) are copied to folders of
@@ -48,10 +49,11 @@ OPTION_SETS = {
     "fixed": ["--start", "7500,3.5,-0.5", "--errors", "laplace"],
     "segments": ["--segments", "4200-4900,5000-5700"],
     "adegree": ["--adegree", "0"],
+    "segment-broadening": ["--segments", "4200-4900,5000-5700", "--segment-broadening"],
 }
 """The option sets measured: the CLI's defaults (global start, profile errors), with Clean,
-PyLASP's fixed start with its (Laplace) errors, and the defaults with two segments or with an
-additive constant (the explicit polynomial design, issue 22)."""
+PyLASP's fixed start with its (Laplace) errors, and the defaults with two segments (with one σ,
+or a σ per segment) or with an additive constant (the explicit polynomial design, issue 22)."""
 
 
 def copy_sample(folder: Path, n: int) -> Path:
