@@ -128,10 +128,23 @@ def profile_errors(fm: ForwardModel, result: FitResult, flux, weights,
 
     batch = (result.theta, result.covariance, jnp.asarray(flux), jnp.asarray(weights), result.mask)
     if jax.default_backend() == "cpu":
-        cov = lax.map(one, batch, batch_size=MAP_BATCH)
+        size = result.theta.shape[0]
+        cov = lax.map(one, pad_to_multiple(batch, MAP_BATCH), batch_size=MAP_BATCH)[:size]
     else:
         cov = jax.vmap(one)(batch)
     return result._replace(covariance=cov)
+
+
+def pad_to_multiple(batch, multiple: int):
+    """``batch`` (a tuple of arrays with one leading axis b) with its first row repeated up to a
+    multiple of ``multiple`` rows when b exceeds it: ``lax.map`` with ``batch_size`` then traces
+    its function once, as a scan, instead of once more for the remainder (which doubled the
+    program and its compile time for, e.g., 25 spectra: 18 s against 8)."""
+    size = batch[0].shape[0]
+    extra = -size % multiple if size > multiple else 0
+    if extra == 0:
+        return batch
+    return tuple(jnp.concatenate([a, jnp.repeat(a[:1], extra, axis=0)]) for a in batch)
 
 
 def check_errors(errors: str) -> None:
