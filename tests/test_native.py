@@ -269,7 +269,8 @@ def test_a_desi_file_fitted_natively_by_the_api_and_the_pipeline(desi_mock, emul
     assert in_mask[a0:a1].sum() > 100 and in_mask[b0:b1].sum() > 100   # both cameras there
     assert np.all(masked["n_pixels"] == inside.sum() - in_mask.sum())
     # a σ per camera (B and R): the mocks' cameras share one width, which the two σ straddle
-    arms = fit_files([path], emulator, window=window, segment_broadening=True, **options)
+    arms = fit_files([path], emulator, window=window, segment_broadening=True,
+                     start=(6000.0, 4.0, -0.3), errors="laplace")
     assert "sigma_2" in arms.colnames and "sigma_3" not in arms.colnames
     ok = np.asarray(arms["converged"]) & np.asarray(table["converged"])
     assert ok.sum() >= 5
