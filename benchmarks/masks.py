@@ -75,6 +75,15 @@ def markdown(title: str, results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def print_table(title: str, results: dict[str, dict], notes=()) -> None:
+    """Print ``markdown(title, results)`` between blank lines, then each note as a bullet."""
+    print()
+    print(markdown(title, results), flush=True)
+    print()
+    for note in notes:
+        print(f"* {note}")
+
+
 def mock_parser(description: str) -> argparse.ArgumentParser:
     """The options of the mock-star tables: --model, --n, --snr, --seed."""
     parser = argparse.ArgumentParser(description=description)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from masks import PARAMETERS, load, markdown, mock_parser, summary
+from masks import PARAMETERS, load, mock_parser, print_table, summary
 
 
 def main(argv=None) -> int:
@@ -77,12 +77,8 @@ def main(argv=None) -> int:
             notes.append(f"{label}: {int(np.median(table['n_pixels']))} pixels, {seconds:.0f} s "
                          f"for {args.n} spectra (compilation included)")
             print(f"# S/N {snr:g} {label}: {seconds:.0f} s", file=sys.stderr, flush=True)
-        print()
-        print(markdown(f"(c) mock DESI spectra, S/N {snr:g} per 0.8 Å pixel, N = {args.n}",
-                       results), flush=True)
-        print()
-        for note in notes:
-            print(f"* {note}")
+        print_table(f"(c) mock DESI spectra, S/N {snr:g} per 0.8 Å pixel, N = {args.n}",
+                    results, notes)
     print(f"\n# parameters: {', '.join(label for _, label in PARAMETERS)}")
     return 0
 

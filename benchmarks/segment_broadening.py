@@ -25,7 +25,7 @@ import sys
 import time
 
 import numpy as np
-from masks import load, markdown, mock_parser, robust, summary
+from masks import load, mock_parser, print_table, robust, summary
 
 SEGMENTS = ((4200.0, 4900.0), (5000.0, 5700.0))
 RED_FROM = 4950.0
@@ -80,12 +80,8 @@ def main(argv=None) -> int:
                 f"{robust((np.asarray(v) - t)[ok]):.2f} km/s" for name, v, t in found))
             print(f"# S/N {snr:g} {label}: {time.perf_counter() - began:.0f} s",
                   file=sys.stderr, flush=True)
-        print()
-        print(markdown(f"(d) halves of different resolution, S/N {snr:g}, N = {args.n}",
-                       results), flush=True)
-        print()
-        for note in notes:
-            print(f"* {note}")
+        print_table(f"(d) halves of different resolution, S/N {snr:g}, N = {args.n}", results,
+                    notes)
     return 0
 
 
