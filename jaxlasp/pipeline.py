@@ -650,6 +650,10 @@ def prepare_model(model, options: FitOptions) -> ForwardModel:
                              segment_broadening=options.segment_broadening)
     if note := window_note(fm.grid, options.fit_window()):
         log.warning("%s", note)
+    if options.segment_broadening and len(options.segments) < 2:
+        log.warning("a σ per segment with a single window: spectra on the LAMOST lattice keep "
+                    "one σ; only spectra on their own pixels with several cameras (DESI) get one "
+                    "per camera (give --segments for windows of their own)")
     initial_points(options.start, 1, fm)
     return fm
 

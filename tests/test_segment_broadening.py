@@ -275,3 +275,16 @@ def test_cli_segment_broadening_catalog_and_resume(degraded, tmp_path, capsys):
     assert main(["plot", str(degraded[1]), "--model", str(need(ELODIE)), "--from-catalog",
                  str(output), "-o", str(plot)]) == 0
     assert plot.stat().st_size > 10_000
+
+
+def test_a_single_window_with_segment_broadening_says_what_it_does(caplog):
+    from jaxlasp.api import DEMO_MODEL
+    from jaxlasp.pipeline import FitOptions, prepare_model
+
+    with caplog.at_level("WARNING", logger="jaxlasp"):
+        fm = prepare_model(DEMO_MODEL, FitOptions(segment_broadening=True))
+    assert fm.broadenings == 1 and "single window" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="jaxlasp"):
+        fm = prepare_model(DEMO_MODEL, FitOptions(segment_broadening=True, segments=SEGMENTS))
+    assert fm.broadenings == 2 and "single window" not in caplog.text
