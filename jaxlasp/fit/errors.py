@@ -139,7 +139,7 @@ def pad_to_multiple(batch, multiple: int):
     """``batch`` (a tuple of arrays with one leading axis b) with its first row repeated up to a
     multiple of ``multiple`` rows when b exceeds it: ``lax.map`` with ``batch_size`` then traces
     its function once, as a scan, instead of once more for the remainder (which doubled the
-    program and its compile time for, e.g., 25 spectra: 18 s against 8)."""
+    program and its compile time: 16–18 s against 9–11 s for 25 ELODIE spectra)."""
     size = batch[0].shape[0]
     extra = -size % multiple if size > multiple else 0
     if extra == 0:
