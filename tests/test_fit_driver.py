@@ -133,3 +133,28 @@ def test_unknown_path_is_an_error(elodie):
     fm = build_forward_model(elodie, lamost_fit_grid(elodie.grid))
     with pytest.raises(ValueError, match="path must be one of"):
         fit_batch(fm, np.zeros((1, 5)), np.ones((1, 1327)), np.ones((1, 1327)), path="scipy")
+
+
+@pytest.mark.slow
+def test_clean_schedule_traced_in_one_loop_gives_the_eager_schedule(demo_fm):
+    """Inside jit (as under shard_map) the Clean rounds are one lax.fori_loop over all 10; called
+    eagerly they stop when no spectrum cycles. Same masks, cycles and solutions (MINPACK's path:
+    PyLASP's tolerances that change per round, from the round's index)."""
+    import jax
+
+    from jaxlasp.fit.driver import fit_batch
+    from jaxlasp.mock import draw_parameters, simulate
+
+    truth = draw_parameters(4, seed=5, domain=demo_fm.emulator.domain)
+    mock = simulate(demo_fm, truth, snr=30.0, seed=6, cosmic_rays=2)
+    theta0 = np.tile([0.0, 1.0, np.log(5500.0), 4.0, 0.0], (4, 1))
+
+    def fit(fm, theta0, flux, weights):
+        return fit_batch(fm, theta0, flux, weights, use_clean=True, path="curvefit")
+
+    eager = fit(demo_fm, theta0, mock.flux, mock.weights)
+    traced = jax.jit(fit)(demo_fm, theta0, mock.flux, mock.weights)
+    assert np.all(np.asarray(eager.n_cycles) >= 2)  # the tolerances of later rounds are used
+    for name in ("mask", "n_cycles", "n_clean", "n_iter", "flags"):
+        np.testing.assert_array_equal(getattr(traced, name), getattr(eager, name), err_msg=name)
+    np.testing.assert_allclose(traced.theta, eager.theta, rtol=1e-12, atol=1e-12)

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxlasp.compile_cache import program
 from jaxlasp.fit import lm, minpack
@@ -212,20 +213,34 @@ def curvefit_start_sigma(step: float) -> float:
     return math.log1p(step) / step
 
 
-def next_tolerance(j: int) -> float:
-    """ftol for the fit after Clean call j (ALGORITHM §g.2 step 6)."""
-    return 1e-3 if j + 2 < MAX_CLEAN else (1e-4 if j + 1 < MAX_CLEAN else 1e-5)
+def next_tolerance(j):
+    """ftol for the fit after Clean call j (ALGORITHM §g.2 step 6); j may be traced."""
+    return jnp.where(j + 2 < MAX_CLEAN, 1e-3, jnp.where(j + 1 < MAX_CLEAN, 1e-4, 1e-5))
 
 
 class CleanOutcome(NamedTuple):
     """Where the Clean schedule left each spectrum."""
 
-    theta: jax.Array     # (b, 5) solution of the last fit
-    mask: jax.Array      # (b, n) final good pixels
+    theta: jax.Array     # (b, 5) solutions of the last fit
+    mask: jax.Array      # (b, n) final good-pixel masks
     n_iter: jax.Array    # LM iterations (curvefit path: trial steps) over all cycles
     n_clean: jax.Array   # PyLASP's clean_number
     n_cycles: jax.Array  # Clean calls made
     status: jax.Array    # ``lm`` status of the last fit (curvefit path: FTOL or MAX_ITER)
+
+
+class Cycling(NamedTuple):
+    """The Clean schedule's state between its fits and Clean calls (every field (b, ...))."""
+
+    theta: jax.Array     # solutions of the latest fit
+    start: jax.Array     # start vectors of the next fit
+    good: jax.Array      # current good-pixel masks
+    tol: jax.Array       # ftol of the next fit
+    n_iter: jax.Array
+    n_clean: jax.Array
+    n_cycles: jax.Array
+    status: jax.Array
+    active: jax.Array    # spectra still cycling
 
 
 def fit_cycle(fm: ForwardModel, path: str, theta, flux, weights, ftol, xtol, max_iter: int,
@@ -248,39 +263,57 @@ def run_clean_schedule(fm: ForwardModel, theta0, flux, weights, *, ftol, xtol, m
     (it is skipped by later fits). ``path`` "exact": every fit is the exact-Jacobian LM to
     ``ftol``/``xtol`` (``slot_count(spectra still cycling, slots)`` stepped at a time);
     "curvefit": MINPACK's path with PyLASP's tolerances (ftol 1e-2, then 1e-3 … 1e-5; xtol 1e-8).
+    Called eagerly, the rounds are a Python loop that stops when no spectrum is cycling; traced
+    (inside ``jit``/``shard_map``), they are one ``lax.fori_loop`` over all MAX_CLEAN rounds, so
+    the program holds one fit and one Clean call instead of eleven and ten.
     """
     batch = theta0.shape[0]
     initial = weights > 0
-    good, theta, start = initial, theta0, theta0
-    n_iter, n_clean, n_cycles = (jnp.zeros(batch, int) for _ in range(3))
-    status = jnp.full(batch, lm.FTOL)
-    active = jnp.ones(batch, bool)
     curvefit = path == "curvefit"
-    tol = jnp.full(batch, CLEAN_FTOL0 if curvefit else ftol)
     cycle_xtol = jnp.full(batch, CLEAN_XTOL if curvefit else xtol)
-    n_active = batch
-    for j in range(MAX_CLEAN + 1):
-        fitted, iterations, fit_status = fit_cycle(fm, path, start, flux, weights * good, tol,
-                                                   cycle_xtol, max_iter, active, n_active, slots)
-        theta = jnp.where(active[:, None], fitted, theta)
-        status = jnp.where(active, fit_status, status)
-        n_iter = n_iter + jnp.where(active, iterations, 0)
-        if j == MAX_CLEAN:
-            break
-        result, s0, s1 = clean_step(fm, start, theta, flux, weights, good, initial, j == 0)
-        changed = active & result.changed
-        n_cycles = n_cycles + active
-        n_clean = jnp.where(changed, jnp.sum(result.counts, axis=-1), n_clean)
-        good = jnp.where(changed[:, None], result.mask, good)
+
+    def fitted(state: Cycling, n_active: int) -> Cycling:
+        theta, iterations, status = fit_cycle(fm, path, state.start, flux, weights * state.good,
+                                              state.tol, cycle_xtol, max_iter, state.active,
+                                              n_active, slots)
+        active = state.active
+        return state._replace(theta=jnp.where(active[:, None], theta, state.theta),
+                              status=jnp.where(active, status, state.status),
+                              n_iter=state.n_iter + jnp.where(active, iterations, 0))
+
+    def cleaned(j, state: Cycling) -> Cycling:
+        result, s0, s1 = clean_step(fm, state.start, state.theta, flux, weights, state.good,
+                                    initial, j == 0)
+        changed = state.active & result.changed
         keep_start = result.sigma ** 2 / (s0 * s1) >= 1.5
+        tol = state.tol
         if curvefit:
             tol = jnp.where(keep_start & (j + 1 < MAX_CLEAN), CLEAN_FTOL0, next_tolerance(j))
-        start = jnp.where((changed & ~keep_start)[:, None], theta, start)
-        active = changed
-        n_active = active_count(active, batch)
-        if n_active == 0:
-            break
-    return CleanOutcome(theta, good, n_iter, n_clean, n_cycles, status)
+        return state._replace(
+            start=jnp.where((changed & ~keep_start)[:, None], state.theta, state.start),
+            good=jnp.where(changed[:, None], result.mask, state.good),
+            tol=tol.astype(state.tol.dtype),
+            n_clean=jnp.where(changed, jnp.sum(result.counts, axis=-1), state.n_clean),
+            n_cycles=state.n_cycles + state.active, active=changed)
+
+    zeros = jnp.zeros(batch, int)
+    state = Cycling(theta0, theta0, initial, jnp.full(batch, CLEAN_FTOL0 if curvefit else ftol),
+                    zeros, zeros, zeros, jnp.full(batch, lm.FTOL), jnp.ones(batch, bool))
+    if any(isinstance(a, jax.core.Tracer) for a in (theta0, flux, weights)):
+        state = lax.fori_loop(0, MAX_CLEAN, lambda j, s: cleaned(j, fitted(s, batch)), state)
+        state = fitted(state, batch)
+    else:
+        n_active = batch
+        for j in range(MAX_CLEAN + 1):
+            state = fitted(state, n_active)
+            if j == MAX_CLEAN:
+                break
+            state = cleaned(j, state)
+            n_active = active_count(state.active, batch)
+            if n_active == 0:
+                break
+    return CleanOutcome(state.theta, state.good, state.n_iter, state.n_clean, state.n_cycles,
+                        state.status)
 
 
 def fit_batch(fm: ForwardModel, theta0, flux, weights, *, use_clean: bool = False,
