@@ -16,8 +16,9 @@ distributed = pytest.importorskip(
 from jaxlasp.parallel.cluster import chunk_part_name, run_cluster  # noqa: E402
 
 N_SPECTRA = 100
-OPTIONS = FitOptions(start=(5500.0, 4.0, 0.0), group_size=25, weighting="ivar")
-"""A fixed start keeps compilation short; groups of 25 = chunks of 25 files."""
+OPTIONS = FitOptions(start=(5500.0, 4.0, 0.0), errors="laplace", group_size=25,
+                     weighting="ivar")
+"""A fixed start and Laplace errors keep compilation short; groups of 25 = chunks of 25 files."""
 NUMERIC = ("rv", "rv_err", "teff", "teff_err", "logg", "logg_err", "feh", "feh_err", "sigma",
            "loss")
 
@@ -130,8 +131,8 @@ def test_cli_runs_on_a_local_cluster(mock_files, single_process, tmp_path):
 
     output = tmp_path / "cli.ecsv"
     code = main(["fit", *map(str, mock_files[:10]), "--model", DEMO_MODEL, "--start", "5500,4,0",
-                 "--weighting", "ivar", "--group-size", "25", "--dask-workers", "1",
-                 "--chunk-files", "5", "-o", str(output), "-q"])
+                 "--weighting", "ivar", "--errors", "laplace", "--group-size", "25",
+                 "--dask-workers", "1", "--chunk-files", "5", "-o", str(output), "-q"])
     catalog = read_catalog(output)
     assert code == (0 if all(catalog["converged"]) else 3)
     assert_same_catalog(catalog, single_process[:10])

@@ -160,10 +160,9 @@ def test_clip_outliers_drops_spikes_and_unused_pixels_only():
 
 
 @pytest.mark.slow
-def test_best_of_keeps_the_lowest_finite_loss(fm, spectra):
-    flux, weights = (a[:2] for a in spectra)
+def test_best_of_keeps_the_lowest_finite_loss(fits):
     theta = start_points([(5000.0, 4.0, 0.0), (9000.0, 3.0, -1.0)], 2)
-    result = fit_batch(fm, theta, flux, weights, max_iter=1)
+    result = jax.tree_util.tree_map(lambda a: a[:4], fits["fixed"])  # any FitResult of 4 rows
     fake = result._replace(loss=jnp.array([jnp.nan, 2.0, 1.0, 3.0]))
     rows = np.concatenate([theta, theta])
     picked = best_of(fake._replace(theta=jnp.asarray(rows)), 2)
@@ -327,6 +326,8 @@ def reference_start(fm, flux, weights, n_best=3, separation=SEPARATION):
 compiled_node_chi2 = jax.jit(node_chi2)
 compiled_batched_chi2 = jax.jit(batched_node_chi2)
 compiled_shifted_nodes = jax.jit(shifted_nodes, static_argnums=(2, 3))
+compiled_node_spectra = jax.jit(node_spectra, static_argnums=2)
+compiled_broadened = jax.jit(jax.vmap(broadened, in_axes=(None, 0)))
 
 
 @pytest.mark.slow
@@ -337,9 +338,9 @@ def test_shifted_nodes_equal_broadened(fm, seed, sigma):
     nodes = grid_theta(default_grid(fm.emulator.domain), sigma)[::7]
     mu = np.random.default_rng(seed).uniform(-15.0, 15.0, len(nodes))
     mu[:3] = [-15.0, 0.5, 14.5]                # whole and half pixels, the box's edge
-    spectra = node_spectra(fm, nodes, sigma)
+    spectra = compiled_node_spectra(fm, nodes, sigma)
     ours = compiled_shifted_nodes(spectra.padded, jnp.asarray(mu), sigma, fm.grid.n)
-    theirs = jax.vmap(broadened, in_axes=(None, 0))(fm, nodes.at[:, MU].set(mu))
+    theirs = compiled_broadened(fm, nodes.at[:, MU].set(mu))
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0)
 
 
@@ -359,7 +360,7 @@ def test_batched_chi2_equals_node_chi2(fm, seed, masked, scale, snr):
     n = fm.grid.n
     nodes = grid_theta(default_grid(fm.emulator.domain))
     nodes = nodes.at[:, MU].set(rng.uniform(-14.0, 14.0, len(nodes)))
-    truth = np.asarray(broadened(fm, nodes[rng.integers(len(nodes))]))
+    truth = np.asarray(compiled_broadened(fm, nodes[rng.integers(len(nodes))][None])[0])
     x = np.linspace(-1.0, 1.0, n)
     continuum = np.polynomial.legendre.legval(x, rng.normal(0, [1.0, 0.3, 0.2, 0.1]) + [3, 0, 0, 0])
     flux = continuum * truth * (1 + rng.normal(0, 1 / snr, n))
@@ -367,7 +368,7 @@ def test_batched_chi2_equals_node_chi2(fm, seed, masked, scale, snr):
     first = rng.integers(0, n - masked + 1)
     weights[first:first + masked] = 0.0
     weights[rng.random(n) < 0.05] = 0.0
-    spectra = node_spectra(fm, nodes)
+    spectra = compiled_node_spectra(fm, nodes, 1.0)
     models = compiled_shifted_nodes(spectra.padded, nodes[:, MU], 1.0, n)
     chebyshev = jnp.asarray(chebyshev_matrix(n, 2 * (fm.legendre.basis.shape[1] - 1)))
     ours = compiled_batched_chi2(models, jnp.asarray(flux), jnp.asarray(weights), chebyshev)
@@ -410,9 +411,10 @@ def test_start_candidates_equal_the_per_node_reference(fm, spectra):
 
 
 @pytest.mark.slow
-def test_fit_multistart_timer_stages(fm, spectra):
+def test_fit_multistart_timer_stages(fm, spectra, fits, monkeypatch):
     """timer: the stages in order, each entered once, and the same result as without it (the
-    whole batch of ``fits``: its programs are compiled once)."""
+    whole batch of ``fits``: its programs are compiled once). With Clean, the Clean fit from the
+    winner is the "clean" stage (that fit itself stands in here: its programs are other tests')."""
     flux, weights = spectra
     entered = []
 
@@ -421,28 +423,35 @@ def test_fit_multistart_timer_stages(fm, spectra):
         entered.append(name)
         yield
 
-    plain = fit_multistart(fm, flux, weights)
     timed = fit_multistart(fm, flux, weights, timer=timer)
     assert entered == ["start", "fit", "errors"]
-    for a, b in zip(plain, timed):
+    for a, b in zip(fits["global"], timed):
         np.testing.assert_array_equal(a, b)
     entered.clear()
+    cleaned = []
+
+    def clean_fit(fm, theta0, flux, weights, *, method, clean, max_iter):
+        cleaned.append((method, clean, theta0.shape))
+        entered.append("clean fit")
+        return fits["global"]
+
+    monkeypatch.setattr("jaxlasp.fit.start.fit_one_method", clean_fit)
     fit_multistart(fm, flux, weights, clean=True, timer=timer)
-    assert entered == ["start", "fit", "clean", "errors"]
+    assert entered == ["start", "fit", "clean", "clean fit", "errors"]
+    assert cleaned == [("lm", True, (2 * N, 5))]
 
 
 @pytest.mark.slow
-def test_loose_candidates_reach_the_full_tolerance_minimum(fm, spectra):
+def test_loose_candidates_reach_the_full_tolerance_minimum(fm, spectra, fits):
     """Candidates at the loose ftol, then the winner to the full one: the same χ² (to 1e-6
     relative) as every candidate to the full tolerance, and the same solution (to 1e-3 of an
     error) wherever the minimum has errors; a fit whose covariance is not finite (a flat χ² in
     σ at the kernel's narrow end) has no scale to compare its point with, only its χ²."""
-    flux, weights = (a[N:] for a in spectra)
-    loose = fit_multistart(fm, flux, weights, errors="laplace")
-    full = fit_multistart(fm, flux, weights, errors="laplace", candidate_ftol=None)
-    np.testing.assert_allclose(loose.loss, full.loss, rtol=1e-6)
-    err = np.sqrt(np.diagonal(np.asarray(full.covariance), axis1=1, axis2=2))
+    loose = fits["global"]     # the default: candidates at the loose ftol
+    full = fit_multistart(fm, *spectra, candidate_ftol=None)
+    np.testing.assert_allclose(loose.loss[N:], full.loss[N:], rtol=1e-6)   # the S/N 50 half
+    err = np.sqrt(np.diagonal(np.asarray(full.covariance), axis1=1, axis2=2))[N:]
     measured = np.all(np.isfinite(err), axis=1)
     assert measured.sum() >= len(err) - 1
-    difference = np.abs(np.asarray(loose.theta) - np.asarray(full.theta))[measured]
+    difference = np.abs(np.asarray(loose.theta) - np.asarray(full.theta))[N:][measured]
     assert np.all(difference < 1e-3 * err[measured])
