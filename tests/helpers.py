@@ -1,7 +1,12 @@
-"""Small helpers shared by the tests: golden-array grids and points, edited copies of real files."""
+"""Small helpers shared by the tests: golden-array grids and points, edited copies of real files,
+fits of the real sample shared by the test files."""
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+import pickle
+from pathlib import Path
 
 import numpy as np
 
@@ -37,3 +42,33 @@ def edited_lamost_copy(source, path, edit):
         edit(data["WAVELENGTH"][0], data["FLUX"][0], data["IVAR"][0])
         hdus.writeto(path, output_verify="ignore")
     return path
+
+
+def computed_once(name: str, compute):
+    """``compute()``, computed once per test session however many test files (on however many
+    pytest-xdist workers) ask for it: the first caller stores its result, pickled, in the session's
+    temporary cache folder (tests/conftest.py), and the others wait for it and read it. For the
+    heavy fits several files compare against; ``name`` must say everything the result depends on."""
+    folder = Path(os.environ["JAXLASP_CACHE_DIR"]) / "test-results"
+    folder.mkdir(exist_ok=True)
+    stored = folder / f"{name}.pickle"
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if stored.exists():
+            return pickle.loads(stored.read_bytes())
+        result = compute()
+        stored.write_bytes(pickle.dumps(result))
+        return result
+
+
+def sample_fit(method: str = "lm", clean: bool = False):
+    """``fit_files`` on the 25 real LAMOST sample spectra with ELODIE 3.2 in PyLASP's setting
+    (``jaxlasp.api.PYLASP``), computed once per test session (``computed_once``)."""
+    from conftest import ELODIE, SAMPLE, need
+
+    from jaxlasp.api import PYLASP, fit_files
+
+    paths = sorted(need(SAMPLE / "fits").glob("*.fits"))
+    return computed_once(f"sample-{method}-{'clean' if clean else 'noclean'}",
+                         lambda: fit_files(paths, need(ELODIE), method=method, clean=clean,
+                                           **PYLASP))

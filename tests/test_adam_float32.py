@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import SAMPLE, need
+from helpers import sample_fit
 
 from jaxlasp.api import PYLASP, fit_files
 from jaxlasp.compare import QUANTITIES
@@ -58,7 +59,7 @@ def test_float32_agrees_with_float64(elodie, clean):
     move with round-off (an earlier state of the forward model gave 3.8 K): near the minimum the
     loss is flat (0.07 σ changes χ² by 0.005), so round-off steers where Adam stops."""
     paths = sorted(need(SAMPLE / "fits").glob("*.fits"))
-    wide = fit_files(paths, elodie, method="adam", clean=clean, **PYLASP)
+    wide = sample_fit("adam", clean=clean)
     single = fit_files(paths, elodie.astype(jnp.float32), method="adam", clean=clean,
                         **PYLASP)
     assert np.all(single["converged"]) and np.all(wide["converged"])

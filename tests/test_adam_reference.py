@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ELODIE, SAMPLE, need
+from conftest import SAMPLE, need
+from helpers import sample_fit
 
-from jaxlasp.api import PYLASP, fit_files
 from jaxlasp.compare import QUANTITIES, differences, format_differences, read_pylasp_csv
 
 # LM-vs-CurveFit tolerances (issue 4 asks Adam to meet them against LM): median and max |Δ|.
@@ -15,9 +15,7 @@ MAXIMUM = {"rv": 0.3, "teff": 15.0, "logg": 0.03, "feh": 0.015}
 
 @pytest.mark.slow
 def test_adam_matches_lm_on_the_sample():
-    paths = sorted(need(SAMPLE / "fits").glob("*.fits"))
-    lm = fit_files(paths, need(ELODIE), **PYLASP)
-    adam = fit_files(paths, ELODIE, method="adam", **PYLASP)
+    lm, adam = sample_fit("lm"), sample_fit("adam")
     assert np.all(adam["converged"]) and list(adam["id"]) == list(lm["id"])
     for q in MEDIAN:
         delta = np.abs(np.asarray(adam[q]) - np.asarray(lm[q]))
@@ -42,9 +40,7 @@ def test_adam_clean_matches_lm_clean():
     Clean variant and unmasked Legendre fit (tests/test_adam_pylasp.py reproduces it in its own
     setting).
     """
-    paths = sorted(need(SAMPLE / "fits").glob("*.fits"))
-    lm = fit_files(paths, need(ELODIE), clean=True, **PYLASP)
-    adam = fit_files(paths, ELODIE, method="adam", clean=True, **PYLASP)
+    lm, adam = sample_fit("lm", clean=True), sample_fit("adam", clean=True)
     assert np.all(adam["converged"]) and list(adam["id"]) == list(lm["id"])
     for q in QUANTITIES:
         delta = np.abs(np.asarray(adam[q]) - np.asarray(lm[q]))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ELODIE, GOLDEN, SAMPLE, need
+from conftest import GOLDEN, SAMPLE, need
+from helpers import sample_fit
 
-from jaxlasp.api import PYLASP, fit_files
 from jaxlasp.compare import differences, format_differences, read_pylasp_csv
 
 # Issue 3's acceptance figures: median and max |Δ| for RV [km/s], Teff [K], log g, [Fe/H].
@@ -34,9 +34,8 @@ def golden_rerun(clean: bool) -> dict[str, dict[str, float]]:
 
 @cache
 def fitted(method: str, clean: bool):
-    """fit_files on the 25 spectra from PyLASP's start (computed once per module run)."""
-    paths = sorted(need(SAMPLE / "fits").glob("*.fits"))
-    return fit_files(paths, need(ELODIE), method=method, clean=clean, **PYLASP)
+    """fit_files on the 25 spectra from PyLASP's start (computed once per test session)."""
+    return sample_fit(method, clean)
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=[f"{m}-{'clean' if c else 'noclean'}"
