@@ -108,7 +108,7 @@ def test_cli_degrees_reach_the_catalog_options(scattered, tmp_path, capsys):
 
     output = tmp_path / "c.ecsv"
     common = [str(scattered[0]), "--model", str(need(ELODIE)), "--start", "6000,4,0",
-              "--errors", "laplace", "-q"]
+              "--errors", "laplace", "-q", "--group-size", "2"]
     assert main(["fit", *common, "--adegree", "0", "--mdegree", "40", "-o", str(output)]) == 0
     options = json.loads(read_catalog(output).meta["options"])
     assert (options["adegree"], options["mdegree"]) == (0, 40)

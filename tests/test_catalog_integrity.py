@@ -180,7 +180,7 @@ def test_a_full_disk_names_the_file_and_how_to_resume(mock_folder, tmp_path, mon
     monkeypatch.setattr(catalog.os, "replace", full)
     output = tmp_path / "catalog.ecsv"
     code = main(["fit", str(mock_folder), "--model", "demo", "--start", "5500,4,0", "--errors",
-                 "laplace", "-o", str(output)])
+                 "laplace", "--group-size", "4", "-o", str(output)])   # OPTIONS' programs
     err = capsys.readouterr().err
     assert code == 4
     assert "part-000000.ecsv: cannot be written (No space left on device)" in err

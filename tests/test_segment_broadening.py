@@ -260,7 +260,7 @@ def test_cli_segment_broadening_catalog_and_resume(degraded, tmp_path, capsys):
     output = tmp_path / "c.csv"
     common = [str(degraded[0]), str(degraded[1]), "--model", str(need(ELODIE)), "--start",
               "6000,4,0", "--errors", "laplace", "--segments", "4200-4900,5000-5700", "-q",
-              "-o", str(output)]
+              "--group-size", "2", "-o", str(output)]   # fit_files' batch above
     assert main(["fit", *common, "--segment-broadening"]) == 0
     catalog = read_catalog(output)
     assert json.loads(catalog.meta["options"])["segment_broadening"] is True

@@ -93,7 +93,7 @@ def test_cli_segments(recalibrated, tmp_path, capsys):
 
     output = tmp_path / "c.ecsv"
     common = [str(recalibrated[0]), "--model", str(need(ELODIE)), "--start", "6000,4,0",
-              "--errors", "laplace", "-q"]
+              "--errors", "laplace", "-q", "--group-size", "2"]   # fit_files' batch above
     assert main(["fit", *common, "--segments", "4200-4900,5000-5700", "-o", str(output)]) == 0
     options = json.loads(read_catalog(output).meta["options"])
     assert options["segments"] == [list(s) for s in SEGMENTS]
