@@ -53,10 +53,10 @@ ELODIE = SAMPLE / "elodie32_flux_tgm_4199-5700.fits"
 GROUP = SAMPLE / "pylasp_group0.npz"
 
 
-LONGEST_FILES = ("test_devices", "test_cluster", "test_start", "test_lines",
-                 "test_segment_broadening", "test_native", "test_catalog_integrity",
-                 "test_cli_fit", "test_adam_float32", "test_additive", "test_segments",
-                 "test_errors", "test_adam")
+LONGEST_FILES = ("test_lines", "test_start", "test_native", "test_segment_broadening",
+                 "test_catalog_integrity", "test_devices", "test_cli_fit", "test_cluster",
+                 "test_additive", "test_adam_float32", "test_segments", "test_errors",
+                 "test_adam_clean_schedule", "test_adam")
 """The test files that took longest (--durations on a 2-core CPU), longest first."""
 
 
