@@ -116,7 +116,9 @@ def test_default_global_start_agrees_with_pylasp_and_resume_fits_nothing(catalog
 
 def _cli(output, *extra):
     """The CLI as a child process (so that it can be killed)."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # JAXLASP_COMPILE_CACHE=on: the resumed run loads the programs the killed one traced
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(REPO),
+               JAXLASP_COMPILE_CACHE="on")
     cmd = [sys.executable, "-m", "jaxlasp", *fit_args(output, *PYLASP_START, *extra)]
     cmd[cmd.index("--group-size") + 1] = "1"  # 25 parts: a wide window to kill the run in
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
