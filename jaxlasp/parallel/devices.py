@@ -8,7 +8,9 @@ fit couples spectra, so there is no collective inside the loops: each device run
 gathered. The emulator and the observed grid (``ForwardModel``) are replicated.
 
 Under ``shard_map`` the Clean schedule cannot ask the host how many spectra are still cycling, so
-it runs all its cycles (a fit with no active member costs almost nothing); results are the same.
+it runs all its cycles as one ``lax.fori_loop`` (a fit with no active member costs almost
+nothing); results are the same. (Unrolled, the traced Clean schedule held 11 fits: compiling and
+running it under ``jit`` on 6 spectra took 39 s on the 2-core CPU; as a loop 10 s.)
 """
 from __future__ import annotations
 
