@@ -2,7 +2,6 @@
 exact-Jacobian path (method "lm") and CurveFit's own path (method "curvefit")."""
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +31,11 @@ def golden_rerun(clean: bool) -> dict[str, dict[str, float]]:
             for i, row in zip(golden["adamrun_ids"], rows) if row[1] > -9000}
 
 
-@cache
-def fitted(method: str, clean: bool):
-    """fit_files on the 25 spectra from PyLASP's start (computed once per test session)."""
-    return sample_fit(method, clean)
-
-
 @pytest.fixture(scope="module", params=RUNS, ids=[f"{m}-{'clean' if c else 'noclean'}"
                                                   for m, c in RUNS])
 def run(request):
     method, clean = request.param
-    table = fitted(method, clean)
+    table = sample_fit(method, clean)
     name = "clean" if clean else "noclean"
     reference = read_pylasp_csv(need(SAMPLE / f"reference_pylasp_curvefit_{name}.csv"))
     diff = differences(table, reference)
@@ -98,7 +91,7 @@ def test_maxima(run, request):
 @pytest.mark.parametrize("clean", [False, True], ids=["noclean", "clean"])
 def test_curvefit_reproduces_pylasp_rerun(clean):
     """CurveFit's path against PyLASP re-run on one machine, all 24 spectra it fits."""
-    diff = differences(fitted("curvefit", clean), golden_rerun(clean))
+    diff = differences(sample_fit("curvefit", clean), golden_rerun(clean))
     print(f"\njaxlasp curvefit − PyLASP re-run (GOLDEN cfrun{int(clean)}):\n"
           f"{format_differences(diff)}")
     assert len(diff["id"]) == 24
@@ -107,6 +100,3 @@ def test_curvefit_reproduces_pylasp_rerun(clean):
     for q in MEDIAN:
         assert np.max(np.abs(diff[q + "_err"])) <= ERROR_RATIO, q
 
-
-def teardown_module():
-    fitted.cache_clear()
