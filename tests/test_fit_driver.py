@@ -139,18 +139,20 @@ def test_unknown_path_is_an_error(elodie):
 def test_clean_rounds_traced_in_one_loop_follow_the_eager_rounds(monkeypatch):
     """Inside jit (as under shard_map) the Clean rounds are one lax.fori_loop over all 10; called
     eagerly they stop when no spectrum cycles. With stand-ins for the fit (θ moves by the round's
-    ftol) and the Clean call (one more pixel rejected per call, spectrum k's mask changed k + 1
-    times, the start kept or moved in turn), both give the same θ, masks, counts and iterations,
-    on MINPACK's path (whose ftol depends on the round and the start rule) and the exact one."""
+    ftol, its iterations say whether it started warm) and the Clean call (one more pixel rejected
+    per call, spectrum k's mask changed k + 1 times, the start kept or moved in turn), both give
+    the same θ, masks, counts and iterations, on MINPACK's path (whose ftol depends on the round
+    and the start rule) and the exact one (whose damping does)."""
     import jax
     import jax.numpy as jnp
 
     from jaxlasp.fit import driver, lm
     from jaxlasp.fit.clean import CleanResult
 
-    def fit_cycle(fm, path, theta, flux, weights, ftol, xtol, max_iter, active, n_active, slots):
+    def fit_cycle(fm, path, theta, flux, weights, ftol, xtol, max_iter, active, n_active, slots,
+                  damping):
         moved = theta + ftol[:, None] * jnp.sum(weights, axis=1, keepdims=True)
-        return moved, jnp.full(len(theta), 3), jnp.full(len(theta), lm.FTOL)
+        return moved, jnp.where(damping < 0.5, 3, 5), jnp.full(len(theta), lm.FTOL)
 
     def clean_step(fm, start, theta, flux, weights, good, initial, first_call):
         rejected = jnp.sum(~good, axis=1)

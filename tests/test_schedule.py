@@ -38,7 +38,8 @@ def problems():
 def test_same_results_as_run(problems, slots, with_active):
     start, y, ftol = problems
     active = jnp.asarray(np.arange(start.shape[0]) % 3 != 1) if with_active else None
-    kw = dict(lower=-INF, upper=INF, max_iter=40, ftol=ftol, active=active)
+    damping = jnp.asarray(np.where(np.arange(start.shape[0]) % 4 == 0, 1e-3, lm.INITIAL_DAMPING))
+    kw = dict(lower=-INF, upper=INF, max_iter=40, ftol=ftol, active=active, damping=damping)
     plain = lm.run(exp_decay, start, jnp.asarray(X), y, **kw)
     packed = jax.jit(lambda th, d: run_compacted(exp_decay, th, jnp.asarray(X), d, slots=slots,
                                                  **kw))(start, y)
@@ -51,6 +52,23 @@ def test_same_results_as_run(problems, slots, with_active):
                                rtol=1e-12, atol=1e-14, equal_nan=True)
     assert np.all(np.asarray(packed.status)[~used] == lm.SKIPPED)
     assert int(packed.status[4]) == lm.NONFINITE or not used[4]
+
+
+def test_small_starting_damping_near_a_minimum(problems):
+    """Started next to its minimum, LM from λ = 1e-3 reaches the same minimum as from the cautious
+    default λ in fewer steps (what the Clean schedule's refits use, ``driver.WARM_DAMPING``)."""
+    start, y, _ = problems
+    finite = np.isfinite(np.asarray(y)).all(axis=1)
+    start, y = start[finite], y[finite]
+    kw = dict(lower=-INF, upper=INF, max_iter=100, slots=4)
+    solved = run_compacted(exp_decay, start, jnp.asarray(X), y, **kw).theta
+    nearby = solved * (1 + 1e-3 * jnp.asarray(np.random.default_rng(1).normal(size=solved.shape)))
+    cautious = run_compacted(exp_decay, nearby, jnp.asarray(X), y, **kw)
+    warm = run_compacted(exp_decay, nearby, jnp.asarray(X), y, damping=1e-3, **kw)
+    assert np.all(np.asarray(warm.status) == lm.FTOL)
+    np.testing.assert_allclose(warm.theta, cautious.theta, rtol=1e-6)
+    np.testing.assert_allclose(warm.theta, solved, rtol=1e-6)
+    assert np.sum(warm.n_iter) < 0.7 * np.sum(cautious.n_iter)
 
 
 def test_iteration_cap_in_slots(problems):

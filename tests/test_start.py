@@ -430,15 +430,15 @@ def test_fit_multistart_timer_stages(fm, spectra, fits, monkeypatch):
     entered.clear()
     cleaned = []
 
-    def clean_fit(fm, theta0, flux, weights, *, method, clean, max_iter):
-        cleaned.append((method, clean, theta0.shape))
+    def clean_fit(fm, theta0, flux, weights, *, method, clean, max_iter, warm):
+        cleaned.append((method, clean, theta0.shape, warm))
         entered.append("clean fit")
         return fits["global"]
 
     monkeypatch.setattr("jaxlasp.fit.start.fit_one_method", clean_fit)
     fit_multistart(fm, flux, weights, clean=True, timer=timer)
     assert entered == ["start", "fit", "clean", "clean fit", "errors"]
-    assert cleaned == [("lm", True, (2 * N, 5))]
+    assert cleaned == [("lm", True, (2 * N, 5), True)]
 
 
 @pytest.mark.slow

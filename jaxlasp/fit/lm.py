@@ -80,26 +80,27 @@ def residuals_and_jacobian(fun: Callable, theta, shared, data, jacobian: Callabl
                     out_axes=(None, 0))(jnp.eye(theta.shape[0], dtype=theta.dtype))
 
 
-def start_state(theta, resid, jac, ftol, xtol) -> LMState:
-    """State at the start point ``theta`` with residuals and Jacobian evaluated there."""
+def start_state(theta, resid, jac, ftol, xtol, damping=INITIAL_DAMPING) -> LMState:
+    """State at the start point ``theta`` with residuals and Jacobian evaluated there; λ starts
+    at ``damping``."""
     dtype = theta.dtype
     status = jnp.where(jnp.all(jnp.isfinite(resid)), RUNNING, NONFINITE)
     return LMState(theta, resid, jac, 0.5 * resid @ resid, jnp.sum(jac * jac, axis=1),
-                   jnp.asarray(INITIAL_DAMPING, dtype), jnp.asarray(2.0, dtype),
+                   jnp.asarray(damping, dtype), jnp.asarray(2.0, dtype),
                    jnp.asarray(0), status, jnp.asarray(ftol, dtype), jnp.asarray(xtol, dtype))
 
 
 def init(fun: Callable, theta, shared, data, ftol=1e-10, xtol=1e-10,
-         jacobian: Callable | None = None) -> LMState:
+         jacobian: Callable | None = None, damping=INITIAL_DAMPING) -> LMState:
     """LM state at the start point ``theta`` (one problem)."""
     resid, jac = residuals_and_jacobian(fun, theta, shared, data, jacobian)
-    return start_state(theta, resid, jac, ftol, xtol)
+    return start_state(theta, resid, jac, ftol, xtol, damping)
 
 
-def pending(theta, resid, jac, ftol, xtol) -> LMState:
+def pending(theta, resid, jac, ftol, xtol, damping=INITIAL_DAMPING) -> LMState:
     """A PENDING state at the start point ``theta``; ``resid`` and ``jac`` are placeholders with
     the shapes of the residuals (n,) and transposed Jacobian (p, n), e.g. zeros (one problem)."""
-    state = start_state(theta, resid, jac, ftol, xtol)
+    state = start_state(theta, resid, jac, ftol, xtol, damping)
     return state._replace(status=jnp.full_like(state.status, PENDING))
 
 
@@ -159,25 +160,27 @@ def step(fun: Callable, lower, upper, max_iter: int, state: LMState, shared, dat
                         state.scale),
         damping=damping, growth=growth, n_iter=n_iter, status=status,
         ftol=state.ftol, xtol=state.xtol)
-    started = start_state(state.theta, resid, jac, state.ftol, state.xtol)
+    started = start_state(state.theta, resid, jac, state.ftol, state.xtol, state.damping)
     new = jax.tree_util.tree_map(
         lambda a, b, c: jnp.where(active, a, jnp.where(fresh, b, c)), new, started, state)
     return new, LMInfo(accepted & active, ratio, step_norm)
 
 
 def run(fun: Callable, theta, shared, data, *, lower, upper, max_iter: int = 100,
-        ftol=1e-10, xtol=1e-10, active=None, jacobian: Callable | None = None) -> LMState:
+        ftol=1e-10, xtol=1e-10, active=None, jacobian: Callable | None = None,
+        damping=INITIAL_DAMPING) -> LMState:
     """Fit a batch: ``theta`` (b, p) and ``data`` with leading axis b; returns the final states.
 
-    ``ftol`` and ``xtol`` may be scalars or (b,) arrays. Members where the (b,) bool ``active`` is
+    ``ftol``, ``xtol`` and the starting λ ``damping`` may be scalars or (b,) arrays. Members where the (b,) bool ``active`` is
     False are not iterated (status SKIPPED). The loop ends when no member is RUNNING.
     """
     batch = theta.shape[0]
     ftol = jnp.broadcast_to(jnp.asarray(ftol, theta.dtype), (batch,))
     xtol = jnp.broadcast_to(jnp.asarray(xtol, theta.dtype), (batch,))
+    damping = jnp.broadcast_to(jnp.asarray(damping, theta.dtype), (batch,))
     lower, upper = jnp.asarray(lower, theta.dtype), jnp.asarray(upper, theta.dtype)
-    state = jax.vmap(lambda th, d, f, x: init(fun, th, shared, d, f, x, jacobian))(
-        theta, data, ftol, xtol)
+    state = jax.vmap(lambda th, d, f, x, lam: init(fun, th, shared, d, f, x, jacobian, lam))(
+        theta, data, ftol, xtol, damping)
     if active is not None:
         state = state._replace(status=jnp.where(active, state.status, SKIPPED))
     batched_step = jax.vmap(

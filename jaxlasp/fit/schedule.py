@@ -39,10 +39,10 @@ def _gather(tree, index):
 
 def run_compacted(fun: Callable, theta, shared, data, *, lower, upper, slots: int,
                   max_iter: int = 100, ftol=1e-10, xtol=1e-10, active=None,
-                  jacobian: Callable | None = None) -> lm.LMState:
+                  jacobian: Callable | None = None, damping=lm.INITIAL_DAMPING) -> lm.LMState:
     """``lm.run`` with compaction: the same results, with ``slots`` problems stepped at a time.
 
-    theta (b, p), data (leading axis b), ftol/xtol scalars or (b,) arrays, active (b,) bool or
+    theta (b, p), data (leading axis b), ftol/xtol/damping scalars or (b,) arrays, active (b,) bool or
     None, as for ``lm.run``; ``slots`` (static) ≤ b. Members not ``active`` are never evaluated and
     come back with status SKIPPED and the state of their start point left unevaluated (zero
     residuals and Jacobian). Returns the final ``lm.LMState`` of every member (leading axis b).
@@ -51,6 +51,7 @@ def run_compacted(fun: Callable, theta, shared, data, *, lower, upper, slots: in
     dtype = theta.dtype
     ftol = jnp.broadcast_to(jnp.asarray(ftol, dtype), (batch,))
     xtol = jnp.broadcast_to(jnp.asarray(xtol, dtype), (batch,))
+    damping = jnp.broadcast_to(jnp.asarray(damping, dtype), (batch,))
     lower, upper = jnp.asarray(lower, dtype), jnp.asarray(upper, dtype)
     active = jnp.ones(batch, bool) if active is None else jnp.asarray(active, bool)
     order = jnp.argsort(~active, stable=True)  # active members first, in order
@@ -59,7 +60,8 @@ def run_compacted(fun: Callable, theta, shared, data, *, lower, upper, slots: in
     shape = jax.eval_shape(lambda th, d: lm.residuals_and_jacobian(fun, th, shared, d, jacobian),
                            theta[0], _gather(data, jnp.zeros((), int)))
     resid, jac = (jnp.zeros(s.shape, dtype) for s in shape)
-    waiting = jax.vmap(lambda th, f, x: lm.pending(th, resid, jac, f, x))(theta, ftol, xtol)
+    waiting = jax.vmap(lambda th, f, x, lam: lm.pending(th, resid, jac, f, x, lam))(
+        theta, ftol, xtol, damping)
     results = waiting._replace(status=jnp.full(batch, lm.SKIPPED))
 
     def fill(index, valid):

@@ -477,13 +477,14 @@ def global_start(fm: ForwardModel, flux, weights, *, grid: StartGrid | None = No
 
 
 def fit_one_method(fm: ForwardModel, theta0, flux, weights, *, method: str, clean: bool,
-                   max_iter: int | None) -> FitResult:
+                   max_iter: int | None, warm: bool = False) -> FitResult:
     """Fit spectra (b, n) from θ₀ (b, 5) with "lm" (``fit_batch``), "curvefit"
     (``fit_batch(path="curvefit")``) or "adam" (``fit_batch_adam``); ``max_iter`` None takes the
-    method's default (100 / 5000; curvefit: MINPACK's evaluation limit)."""
+    method's default (100 / 5000; curvefit: MINPACK's evaluation limit); ``warm`` (θ₀ are
+    solutions already) as ``fit_batch``'s, for "lm"."""
     if method in ("lm", "curvefit"):
         return fit_batch(fm, theta0, flux, weights, use_clean=clean, max_iter=max_iter or 100,
-                         path="exact" if method == "lm" else "curvefit")
+                         path="exact" if method == "lm" else "curvefit", warm=warm)
     if method == "adam":
         return fit_batch_adam(fm, theta0, flux, weights, clean=clean,
                               max_iter=max_iter or 5000)[0]
@@ -607,7 +608,7 @@ def fit_multistart(fm: ForwardModel, flux, weights, *, method: str = "lm", clean
     if clean:
         with stage("clean"):
             result = ready(fit_one_method(fm, result.theta, flux, weights, method=method,
-                                          clean=True, max_iter=max_iter))
+                                          clean=True, max_iter=max_iter, warm=True))
     with stage("errors"):
         if errors == "profile":
             result = profile_errors(fm, result, flux, weights)
