@@ -171,8 +171,9 @@ def run(fun: Callable, theta, shared, data, *, lower, upper, max_iter: int = 100
         damping=INITIAL_DAMPING) -> LMState:
     """Fit a batch: ``theta`` (b, p) and ``data`` with leading axis b; returns the final states.
 
-    ``ftol``, ``xtol`` and the starting λ ``damping`` may be scalars or (b,) arrays. Members where the (b,) bool ``active`` is
-    False are not iterated (status SKIPPED). The loop ends when no member is RUNNING.
+    ``ftol``, ``xtol`` and the starting λ ``damping`` may be scalars or (b,) arrays. Members
+    where the (b,) bool ``active`` is False are not iterated (status SKIPPED). The loop ends when
+    no member is RUNNING.
     """
     batch = theta.shape[0]
     ftol = jnp.broadcast_to(jnp.asarray(ftol, theta.dtype), (batch,))

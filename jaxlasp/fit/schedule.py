@@ -42,10 +42,11 @@ def run_compacted(fun: Callable, theta, shared, data, *, lower, upper, slots: in
                   jacobian: Callable | None = None, damping=lm.INITIAL_DAMPING) -> lm.LMState:
     """``lm.run`` with compaction: the same results, with ``slots`` problems stepped at a time.
 
-    theta (b, p), data (leading axis b), ftol/xtol/damping scalars or (b,) arrays, active (b,) bool or
-    None, as for ``lm.run``; ``slots`` (static) ≤ b. Members not ``active`` are never evaluated and
-    come back with status SKIPPED and the state of their start point left unevaluated (zero
-    residuals and Jacobian). Returns the final ``lm.LMState`` of every member (leading axis b).
+    theta (b, p), data (leading axis b), ftol/xtol/damping scalars or (b,) arrays, active (b,)
+    bool or None, as for ``lm.run``; ``slots`` (static) ≤ b. Members not ``active`` are never
+    evaluated and come back with status SKIPPED and the state of their start point left
+    unevaluated (zero residuals and Jacobian). Returns the final ``lm.LMState`` of every member
+    (leading axis b).
     """
     batch = theta.shape[0]
     dtype = theta.dtype
