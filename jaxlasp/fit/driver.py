@@ -277,9 +277,8 @@ def run_clean_schedule(fm: ForwardModel, theta0, flux, weights, *, ftol, xtol, m
     Up to MAX_CLEAN rounds of fit → Clean; a spectrum whose mask Clean leaves unchanged stops
     (it is skipped by later fits). ``path`` "exact": every fit is the exact-Jacobian LM to
     ``xtol`` and the looser of ``ftol`` and ``CYCLE_FTOL`` (``slot_count(spectra still cycling,
-    slots)`` stepped at a time), from
-    λ = ``WARM_DAMPING`` where it starts at the previous fit's solution (or at θ₀ with ``warm``:
-    θ₀ a solution already), else ``lm.INITIAL_DAMPING``;
+    slots)`` stepped at a time), from λ = ``WARM_DAMPING`` where it starts at the previous fit's
+    solution (or at θ₀ with ``warm``: θ₀ a solution already), else ``lm.INITIAL_DAMPING``;
     "curvefit": MINPACK's path with PyLASP's tolerances (ftol 1e-2, then 1e-3 … 1e-5; xtol 1e-8).
     Called eagerly, the rounds are a Python loop that stops when no spectrum is cycling; traced
     (inside ``jit``/``shard_map``), they are one ``lax.fori_loop`` over all MAX_CLEAN rounds, so
