@@ -282,6 +282,7 @@ PHASES = 5
 arrays that its steps still need (1.8× faster than one loop over whole arrays at degree 50)."""
 
 
+@partial(jax.jit, static_argnames="phases")
 def projected_chi2(moments, mixed, total, phases: int = PHASES):
     """min over polynomials p of degree D of Σ_i v_i (g_i − p(x_i))², for many (v, g) at once.
 

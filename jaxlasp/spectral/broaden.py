@@ -7,6 +7,9 @@ PyLASP's kernel whenever |mu| + 5σ ≤ halfwidth.
 """
 from __future__ import annotations
 
+from functools import partial
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -58,6 +61,7 @@ def pad_edges(flux, halfwidth: int):
     return jnp.concatenate([first, flux, last], axis=-1)
 
 
+@partial(jax.jit, static_argnames="chunk")
 def shifted_sum(padded, kernel, chunk: int = CHUNK):
     """Σ_j kernel_j·padded[..., j:j+n] for the kernel on ``kernel_nodes`` (x_j = h − j); (..., n).
 

@@ -74,6 +74,7 @@ def legendre_system(n: int, degree: int = DEGREE, dtype=np.float64) -> LegendreS
         moments[:, :degree + 1], moments, linearisation_coefficients(degree))))
 
 
+@jax.jit
 def cholesky_lower(a):
     """Lower Cholesky factor of a small symmetric positive-definite matrix (n, n).
 
@@ -94,6 +95,7 @@ def cholesky_lower(a):
     return lax.fori_loop(0, n, column, jnp.zeros_like(a))
 
 
+@jax.jit
 def cholesky_solve(low, b):
     """Solve (L Lᵀ) x = b for x, with L from ``cholesky_lower``; b of shape (n,)."""
     low, b = jnp.asarray(low), jnp.asarray(b)
@@ -111,6 +113,7 @@ def cholesky_solve(low, b):
     return lax.fori_loop(0, n, backward, jnp.zeros_like(b))
 
 
+@jax.jit
 def triangular_inverse(low):
     """L⁻¹ of a lower-triangular (n, n) L, row by row (``lax.fori_loop``, see
     ``cholesky_lower``)."""
