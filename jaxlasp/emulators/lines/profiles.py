@@ -3,6 +3,7 @@ S(λ) = Π_j (1 − a_j V_j(λ)) on a wavelength grid [Å], banded (wing cut) or
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -40,6 +41,7 @@ class Lines(NamedTuple):
 # Profile and banded evaluation
 
 
+@jax.jit
 def tch_width_eta(sigma, gamma):
     """(f, η): pseudo-Voigt FWHM f [Å] and Lorentz fraction η from Gaussian σ, Lorentz HWHM γ [Å].
 
@@ -55,6 +57,7 @@ def tch_width_eta(sigma, gamma):
     return f, eta
 
 
+@jax.jit
 def pseudo_voigt(delta, sigma, gamma):
     """Unit-area pseudo-Voigt V at offsets ``delta`` = λ − μ [Å]; result in 1/Å.
 
@@ -86,6 +89,7 @@ def window_start(mu, grid: LinearGrid, halfwidth: int):
     return jnp.clip(centre - halfwidth, 0, last).astype(jnp.int32)
 
 
+@partial(jax.jit, static_argnames=("grid", "halfwidth"))
 def transmission(lines: Lines, grid: LinearGrid, halfwidth: int = HALFWIDTH):
     """Clone S(λ) = Π_j (1 − a_j V_j(λ)) on ``grid``'s pixel centres, with the wing cut; (n,).
 
