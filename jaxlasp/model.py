@@ -474,6 +474,7 @@ def emulate(fm: ForwardModel, teff, logg, feh):
     return _resample_to(fm.emulator, flux, fm.grid, fm.edges)
 
 
+@jax.jit
 def components(fm: ForwardModel, theta, flux, weights) -> Components:
     """All intermediate arrays of the model for one spectrum.
 
@@ -500,12 +501,14 @@ def residuals(fm: ForwardModel, theta, flux, weights):
     return components(fm, theta, flux, weights).residuals
 
 
+@jax.jit
 def broadened(fm: ForwardModel, theta):
     """The emulator spectrum broadened with (mu, sigma), on the observed pixels; shape (n,)."""
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
     return broaden_observe(fm, resampled, theta)
 
 
+@jax.jit
 def residuals_and_jacobian(fm: ForwardModel, theta, flux, weights):
     """(r, Jᵀ): ``residuals`` (n,) and their exact Jacobian, transposed: ∂r/∂θ_j as rows (5, n).
 
