@@ -501,7 +501,6 @@ def residuals(fm: ForwardModel, theta, flux, weights):
     return components(fm, theta, flux, weights).residuals
 
 
-@jax.jit
 def broadened(fm: ForwardModel, theta):
     """The emulator spectrum broadened with (mu, sigma), on the observed pixels; shape (n,)."""
     resampled = emulate(fm, jnp.exp(theta[LN_TEFF]), theta[LOGG], theta[FEH])
